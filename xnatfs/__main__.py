@@ -1,0 +1,3 @@
+from xnatfs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""The error vocabulary shared by every layer.
+
+Each error carries one human line (its ``str``) that the command line prints as is, an exit
+code for the command line, and an errno for the FUSE layer. Lower layers raise these; front
+ends translate them, so no front end needs to know about requests or HTTP status codes.
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class XnatfsError(Exception):
+    """Base class: a failure that can be told to the user in one line."""
+
+    exit_code = 1
+    errno = errno.EIO
+
+
+class UsageError(XnatfsError):
+    """The command line or its arguments are wrong."""
+
+    exit_code = 2
+    errno = errno.EINVAL
+
+
+class ConnectError(XnatfsError):
+    """The server could not be reached: DNS, refused connection, TLS failure, timeout."""
+
+    errno = errno.EIO
+
+
+class AuthError(XnatfsError):
+    """The server refused our credentials (after exactly one re-login)."""
+
+    exit_code = 3
+    errno = errno.EACCES
+
+
+class NotFound(XnatfsError):
+    """The object does not exist, or is not visible to this user (XNAT's 403/404)."""
+
+    exit_code = 4
+    errno = errno.ENOENT
+
+
+class ServerError(XnatfsError):
+    """The server answered, but not with what XNAT should answer (5xx, bad JSON, HTML)."""
+
+    errno = errno.EIO
+
+
+class IntegrityError(XnatfsError):
+    """Bytes from the server failed a check: short body, wrong Content-Range, MD5 mismatch."""
+
+    errno = errno.EIO

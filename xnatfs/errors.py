@@ -44,6 +44,12 @@ class NotFound(XnatfsError):
     errno = errno.ENOENT
 
 
+class Forbidden(NotFound):
+    """XNAT knows the object but will not show it to this user (403)."""
+
+    errno = errno.EACCES
+
+
 class ServerError(XnatfsError):
     """The server answered, but not with what XNAT should answer (5xx, bad JSON, HTML)."""
 

@@ -1,0 +1,58 @@
+"""``xnatfs``: one entry point, one subcommand module per front end.
+
+Each subcommand module has ``register(subparsers)`` and keeps heavy imports (FUSE, threads)
+inside its ``run``, so ``xnatfs --help`` works even where libfuse is missing. Every failure the
+user can act on ends as one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from xnatfs import __version__
+from xnatfs.errors import XnatfsError
+
+COMMANDS = (
+    "xnatfs.mount.cli",
+    "xnatfs.materialize.cli",
+    "xnatfs.ls",
+    "xnatfs.reader.cache_cli",
+    "xnatfs.emulator.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xnatfs",
+        description="XNAT as a read-only filesystem (mount), and fast resumable bulk "
+                    "downloads (materialize).")
+    parser.add_argument("--version", action="version", version=f"xnatfs {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return 2
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="xnatfs: %(levelname)s: %(message)s")
+    try:
+        return args.run(args)
+    except XnatfsError as exc:
+        print(f"xnatfs: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("xnatfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

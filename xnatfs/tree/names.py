@@ -16,6 +16,7 @@ from typing import TypeVar
 MAX_NAME_BYTES = 255
 _UNSAFE = re.compile(r"[/\x00]")
 _NON_WORD = re.compile(r"\W", re.ASCII)
+_EXT = re.compile(r"(?:\.[A-Za-z][A-Za-z0-9]{0,7}){1,2}$")
 K = TypeVar("K", bound=Hashable)
 
 
@@ -30,17 +31,19 @@ def safe_name(raw: str, fallback: str = "_") -> str:
 
 
 def _fit(name: str, suffix: str = "") -> str:
-    """Shorten ``name`` so that ``name + suffix`` fits in 255 bytes, keeping the extension."""
+    """``name`` with ``suffix`` before its extension, shortened to 255 bytes if need be."""
+    stem, ext = _split_ext(name)
     if len((name + suffix).encode()) <= MAX_NAME_BYTES:
-        return name + suffix
-    digest = "~" + hashlib.sha1(name.encode()).hexdigest()[:8]
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext.encode()) > 16:
-        stem, ext = name, ""
-    tail = (("." + ext) if ext else "") + digest + suffix
+        return stem + suffix + ext
+    tail = "~" + hashlib.sha1(name.encode()).hexdigest()[:8] + suffix + ext
     room = MAX_NAME_BYTES - len(tail.encode())
-    stem = stem.encode()[:room].decode(errors="ignore")
-    return stem + tail
+    return stem.encode()[:room].decode(errors="ignore") + tail
+
+
+def _split_ext(name: str) -> tuple[str, str]:
+    """``a.nii.gz`` → (``a``, ``.nii.gz``): tools like nibabel go by the extension."""
+    m = _EXT.search(name)
+    return (name[: m.start()], m.group()) if m and m.start() > 0 else (name, "")
 
 
 def scan_folder_name(scan_id: str, scan_type: str) -> str:

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up xnatfs on a fresh Debian/Ubuntu machine, then run the demo or the test suite.
+#   scripts/bootstrap.sh demo    # emulator + mount, prints what to try
+#   scripts/bootstrap.sh test    # ruff + the whole pytest suite (real FUSE mounts)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-demo}
+shift || true
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v fusermount3 >/dev/null || missing+=(fuse3)
+ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v curl >/dev/null || missing+=(curl)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "bootstrap: installing ${missing[*]}" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "bootstrap: xnatfs needs Python 3.11 or newer" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[test]"
+
+case "$mode" in
+    demo) exec .venv/bin/xnatfs demo "$@" ;;
+    test)
+        .venv/bin/ruff check xnatfs tests scripts
+        exec .venv/bin/python -m pytest -q "$@" ;;
+    *) echo "usage: scripts/bootstrap.sh demo|test [ARGS...]" >&2; exit 2 ;;
+esac

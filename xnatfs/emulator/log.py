@@ -1,0 +1,97 @@
+"""The request log: what every request cost, so tests can assert on requests and bytes.
+
+A record is appended when the request arrives and completed as the response goes out, so a
+client that has just read a response always finds its record, with the status already set
+and every body byte it received already counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass
+class Record:
+    """One request as the server saw it."""
+
+    method: str
+    path: str
+    """Raw path as sent, without the query and without the context path."""
+    query: str
+    range: str | None
+    """The Range header, if any."""
+    time: float
+    """Arrival, seconds since the epoch."""
+    status: int = 0
+    """0 until the status line is sent."""
+    bytes_sent: int = 0
+    """Body bytes handed to the socket (chunk framing and headers excluded)."""
+    user: str | None = None
+    kind: str = "other"
+    """What was served: listing, item, file, zip, auth, page, error, other."""
+    fault: str | None = None
+    """The injected fault, if any: error, truncate, reset, stall, timeout."""
+
+
+class RequestLog:
+    """Thread-safe list of records with small query helpers."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._records: list[Record] = []
+
+    def add(self, record: Record) -> Record:
+        with self._lock:
+            self._records.append(record)
+        return record
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def records(self) -> list[Record]:
+        with self._lock:
+            return list(self._records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def select(
+        self,
+        *,
+        method: str | None = None,
+        path_prefix: str | None = None,
+        status: int | None = None,
+        kind: str | None = None,
+        user: str | None = None,
+        fault: str | None = None,
+    ) -> list[Record]:
+        """Records matching every filter given."""
+        return [
+            r
+            for r in self.records()
+            if (method is None or r.method == method)
+            and (path_prefix is None or r.path.startswith(path_prefix))
+            and (status is None or r.status == status)
+            and (kind is None or r.kind == kind)
+            and (user is None or r.user == user)
+            and (fault is None or r.fault == fault)
+        ]
+
+    def count(self, **filters: str | int | None) -> int:
+        """How many requests match, e.g. ``count(method="GET", status=206)``."""
+        return len(self.select(**filters))  # type: ignore[arg-type]
+
+    def bytes_sent(self, **filters: str | int | None) -> int:
+        """Body bytes sent by the matching requests, e.g. ``bytes_sent(kind="file")``."""
+        return sum(r.bytes_sent for r in self.select(**filters))  # type: ignore[arg-type]
+
+    def bytes_sent_for(self, path_prefix: str) -> int:
+        """Body bytes sent for paths under ``path_prefix``."""
+        return self.bytes_sent(path_prefix=path_prefix)

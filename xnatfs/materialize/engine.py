@@ -1,0 +1,332 @@
+"""The download engine: listing and transfers overlapped on thread pools, one shared session.
+
+* Listing runs on its own few threads (``Planner``) and feeds files to the transfer workers as
+  soon as their session is listed, so a high-latency server is never idle while we list.
+* ``-j N`` transfer workers take tasks from one priority queue: chunks of files already started
+  first, then new files, so few files are open at a time and memory stays bounded by about
+  ``(jobs + window) * chunk size``, whatever the file sizes.
+* Every byte comes through the shared ``Fetcher`` (chunk cache first, ranged GETs, bounded
+  retries): a small file is one request; a large file's chunks are fetched by several workers
+  at once and written in order, hashed as they arrive, so the part file is always a valid
+  prefix that the next run continues.
+* After the pass, files that failed because the server was unreachable or answered 5xx are
+  tried again (``retry_rounds``), continuing from what they had.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from xnatfs.errors import AuthError, ConnectError, IntegrityError, ServerError, XnatfsError
+from xnatfs.materialize.download import (
+    Output,
+    OutputFailed,
+    PartFile,
+    Target,
+    existing_size,
+    file_md5,
+)
+from xnatfs.materialize.plan import PlannedFile, Planner, Selection
+from xnatfs.materialize.report import Outcome, Report, Result
+from xnatfs.reader.fetcher import Fetcher
+from xnatfs.tree.model import RemoteFile, Tree
+
+log = logging.getLogger(__name__)
+
+CHUNK_FIRST, NEW_FILE = 0, 1  # task priorities
+MAX_WINDOW = 16  # chunks of one file in flight or waiting to be written (the fetcher's MD5 limit)
+TRANSIENT = (ConnectError, ServerError)
+Task = Callable[[], None]
+
+
+class Workers:
+    """Daemon threads running tasks from a priority queue; the first fatal error stops them
+    (remaining tasks are dropped) and is raised by ``wait``. Daemon threads let Ctrl-C end the
+    process at once: every file on disk is either complete or a valid prefix."""
+
+    def __init__(self, count: int, name: str,
+                 on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        self._queue: queue.PriorityQueue[tuple[int, int, Task]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._busy = 0
+        self._idle = threading.Condition()
+        self._on_fatal = on_fatal
+        self.fatal: BaseException | None = None
+        for i in range(count):
+            threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, priority: int, task: Task) -> None:
+        with self._idle:
+            self._busy += 1
+        self._queue.put((priority, next(self._seq), task))
+
+    def stop(self, exc: BaseException) -> None:
+        with self._idle:
+            first = self.fatal is None
+            if first:
+                self.fatal = exc
+            self._idle.notify_all()
+        if first and self._on_fatal is not None:
+            self._on_fatal(exc)
+
+    def wait(self) -> None:
+        """Until every submitted task is done (or dropped after a fatal error)."""
+        with self._idle:
+            while self._busy:
+                self._idle.wait()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _loop(self) -> None:
+        while True:
+            _, _, task = self._queue.get()
+            try:
+                if self.fatal is None:
+                    task()
+            except BaseException as exc:  # a fatal error or a bug: stop the run
+                self.stop(exc)
+            finally:
+                with self._idle:
+                    self._busy -= 1
+                    self._idle.notify_all()
+
+
+@dataclass(frozen=True)
+class Options:
+    jobs: int = 8
+    verify: bool = False
+    """Check files already present against the server's MD5 (re-download on a mismatch)."""
+    overwrite: bool = False
+    """Download files again even when present."""
+    retry_rounds: int = 2
+    retry_pause: float = 5.0
+
+
+class Engine:
+    """One materialize run: ``run(selection)`` lists, downloads and reports."""
+
+    def __init__(self, tree: Tree, fetcher: Fetcher, output: Output, report: Report,
+                 options: Options) -> None:
+        self.tree = tree
+        self.fetcher = fetcher
+        self.output = output
+        self.report = report
+        self.options = options
+        self.window = max(1, min(options.jobs, MAX_WINDOW))
+        self.workers = Workers(options.jobs, "xnatfs-get", on_fatal=self._abort_listing)
+        self.listers = Workers(listing_threads(options.jobs), "xnatfs-list")
+        self._planner: Planner | None = None
+        self._transient: dict[str, PlannedFile] = {}
+        self._lock = threading.Lock()
+
+    def planner(self, selection: Selection, emit: Callable[[PlannedFile], None]) -> Planner:
+        """A planner that lists on this engine's listing threads."""
+        return Planner(self.tree, selection, lambda task: self.listers.submit(0, task), emit)
+
+    def run(self, selection: Selection) -> None:
+        """List and download everything selected; failures of single files go to the report,
+        errors that stop everything (refused credentials, a full disk) are raised."""
+        planner = self._planner = self.planner(selection, self._planned)
+        roots = planner.roots()
+        try:
+            planner.run(roots)
+        finally:
+            for failure in planner.failures:
+                self.report.listing_failed(failure.path, failure.reason)
+        self.workers.wait()
+        for pause in (self.options.retry_pause * 3 ** n for n in range(self.options.retry_rounds)):
+            with self._lock:
+                again, self._transient = list(self._transient.values()), {}
+            if not again:
+                break
+            log.info("trying %d files again in %.0f s", len(again), pause)
+            time.sleep(pause)
+            for planned in again:
+                self.workers.submit(NEW_FILE, lambda p=planned: self._start(p))
+            self.workers.wait()
+
+    def _abort_listing(self, exc: BaseException) -> None:
+        if self._planner is not None:
+            self._planner.cancel(exc)
+
+    # -- one file --------------------------------------------------------------------------
+
+    def _planned(self, planned: PlannedFile) -> None:
+        self.report.planned(planned.file.size)
+        self.workers.submit(NEW_FILE, lambda: self._start(planned))
+
+    def _start(self, planned: PlannedFile) -> None:
+        try:
+            job = self._prepare(planned)
+        except XnatfsError as exc:
+            self._failed(planned, exc, unwritten=planned.file.size or 0)
+            return
+        if job is not None:
+            job.start()
+
+    def _prepare(self, planned: PlannedFile) -> _FileJob | None:
+        """Skip a file that is there already, or open its part file for a download."""
+        target = self.output.target(planned.path)
+        remote = planned.file
+        if remote.size is None:
+            size = self.tree.file_size(planned.node)
+            if size is None:
+                raise XnatfsError("not found on the server")
+            self.report.resolved_size(size)
+            remote = RemoteFile(remote.uri, size, remote.digest)
+        assert remote.size is not None
+        replaced = False
+        if existing_size(target.final) == remote.size and not self.options.overwrite:
+            if not (self.options.verify and remote.digest):
+                self.report.expect(-remote.size)
+                self._done(Result(planned.path, Outcome.PRESENT, remote.size,
+                                  checked=_checked(remote)))
+                return None
+            local = file_md5(target.final)
+            if local == remote.digest:
+                self.report.expect(-remote.size)
+                self._done(Result(planned.path, Outcome.VERIFIED, remote.size, checked="md5"))
+                return None
+            log.warning("%s differs from the server's copy (MD5 %s, expected %s); "
+                        "downloading it again", planned.path, local, remote.digest)
+            replaced = True
+        self.output.make_parents(target)
+        part = PartFile(target, remote.size, remote.digest, align=self.fetcher.chunk_size,
+                        resume=not replaced)
+        self.report.expect(-part.offset)
+        return _FileJob(self, planned, remote, part, replaced=replaced)
+
+    def _done(self, result: Result) -> None:
+        self.report.finished(result)
+
+    def _failed(self, planned: PlannedFile, exc: XnatfsError, *, unwritten: int) -> None:
+        """Record a file's failure; errors that stop every file are raised instead."""
+        if isinstance(exc, OutputFailed | AuthError):
+            raise exc
+        if isinstance(exc, TRANSIENT):
+            with self._lock:
+                self._transient[planned.path] = planned
+        log.debug("%s failed: %s", planned.path, exc)
+        self.report.expect(-unwritten)
+        self._done(Result(planned.path, Outcome.FAILED, planned.file.size or 0, reason=str(exc)))
+
+
+def listing_threads(jobs: int) -> int:
+    """Listings wait on the server's database, not on bandwidth: a few threads suffice."""
+    return max(2, min(8, jobs // 2))
+
+
+def _checked(remote: RemoteFile) -> str:
+    return "md5" if remote.digest else "size"
+
+
+class _FileJob:
+    """One file in transfer: chunks fetched by any worker, written in order by whichever
+    worker completes the next one, a bounded window of chunks ahead."""
+
+    def __init__(self, engine: Engine, planned: PlannedFile, remote: RemoteFile, part: PartFile,
+                 *, replaced: bool) -> None:
+        self.engine = engine
+        self.planned = planned
+        self.remote = remote
+        self.part = part
+        self.replaced = replaced
+        fetcher = engine.fetcher
+        self.count = fetcher.chunk_count(remote)
+        self.next_write = part.offset // fetcher.chunk_size
+        self.next_fetch = self.next_write
+        self.pending: dict[int, bytes] = {}
+        self.failed = False
+        self.lock = threading.Lock()
+
+    @property
+    def target(self) -> Target:
+        return self.part.target
+
+    def start(self) -> None:
+        """Queue the first window of chunks but the first, and fetch that one right here (a
+        small file is then done in this task, without a trip through the queue)."""
+        if self.next_write >= self.count:
+            with self.lock:
+                try:
+                    self._finish()
+                except XnatfsError as exc:
+                    self._fail(exc)
+            return
+        first = self.next_fetch
+        self.next_fetch = min(self.count, first + self.engine.window)
+        for index in range(first + 1, self.next_fetch):
+            self._queue(index)
+        self.fetch(first)
+
+    def _queue(self, index: int) -> None:
+        self.engine.workers.submit(CHUNK_FIRST, lambda: self.fetch(index))
+
+    def fetch(self, index: int) -> None:
+        if self.failed:
+            return
+        try:
+            data = self.engine.fetcher.chunk(self.remote, index, store=False)
+        except XnatfsError as exc:
+            with self.lock:
+                self._fail(exc)
+            return
+        with self.lock:
+            if self.failed:
+                return
+            self.pending[index] = data
+            try:
+                self._write_ready()
+            except XnatfsError as exc:
+                self._fail(exc)
+
+    def _write_ready(self) -> None:
+        """Write the chunks that are next in order; queue as many new ones; finish at the end."""
+        while (data := self.pending.pop(self.next_write, None)) is not None:
+            self.part.write(data)
+            self.engine.report.wrote(len(data))
+            self.next_write += 1
+            if self.next_fetch < self.count:
+                self._queue(self.next_fetch)
+                self.next_fetch += 1
+        if self.next_write == self.count:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            self.part.commit(self.planned.node.mtime)
+        except IntegrityError as exc:
+            if not self.part.resumed_from:
+                raise
+            # The part file may hold bytes of an earlier version of the file: start over.
+            log.info("%s: %s after resuming; downloading it whole", self.planned.path, exc)
+            self.engine.report.expect(self.part.size)
+            self.engine.workers.submit(NEW_FILE, self._restart)
+            return
+        self.engine._done(Result(self.planned.path, Outcome.DOWNLOADED, self.part.size,
+                                 checked=_checked(self.remote), replaced=self.replaced))
+
+    def _restart(self) -> None:
+        try:
+            part = PartFile(self.target, self.part.size, self.remote.digest,
+                            align=self.engine.fetcher.chunk_size, resume=False)
+        except XnatfsError as exc:
+            self.engine._failed(self.planned, exc, unwritten=self.part.size)
+            return
+        _FileJob(self.engine, self.planned, self.remote, part, replaced=self.replaced).start()
+
+    def _fail(self, exc: XnatfsError) -> None:
+        """Called with the lock held: stop this file, keep its part file for the next run."""
+        if self.failed:
+            return
+        self.failed = True
+        self.pending.clear()
+        self.part.close()
+        left = self.part.size - self.part.offset
+        self.engine._failed(self.planned, exc, unwritten=left)

@@ -1,0 +1,166 @@
+"""The FUSE file system: the tree and the reader behind mfusepy's high-level API.
+
+Metadata comes from the Tree (listings cached in memory with a TTL), so ``ls -l``, ``stat``,
+``find`` and ``du`` never read file contents; the kernel keeps entries and attributes for the
+same TTL (negative entries 5 s), because a TTL of 0 multiplies callbacks by ~8 per file.
+``readdir`` gives each entry's type, so ``find`` needs no lookup to tell files from folders.
+Reads go through one FileHandle per open; the kernel page cache is kept across opens of a file
+whose version has not changed, so re-reads never reach us. Everything that would modify the
+tree answers EROFS. Errors become their errno (errors.py); anything unexpected is logged and
+becomes EIO, never a crash of the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar
+
+from xnatfs.errors import XnatfsError
+from xnatfs.mount.libfuse import mfusepy
+from xnatfs.reader.fetcher import Fetcher
+from xnatfs.reader.handle import FileHandle
+from xnatfs.tree.model import Node, Tree
+
+log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+BLOCK = 1 << 20  # st_blksize: FUSE's largest request, so cp and friends read in 1 MiB
+MAX_BACKGROUND = 64  # kernel readahead requests in flight (libfuse default 12; mountpoint 64)
+_DIR = {"st_mode": stat.S_IFDIR | 0o555}
+_FILE = {"st_mode": stat.S_IFREG | 0o444}
+
+
+def _errno(op: Callable[P, R]) -> Callable[P, R]:
+    """Turn our errors into FuseOSError with their errno; log what the user should see."""
+
+    @functools.wraps(op)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return op(*args, **kwargs)
+        except mfusepy.FuseOSError:
+            raise
+        except XnatfsError as exc:
+            if exc.errno == errno.EIO:
+                log.warning("%s: %s", op.__name__, exc)
+            raise mfusepy.FuseOSError(exc.errno) from None
+        except NotADirectoryError:
+            raise mfusepy.FuseOSError(errno.ENOTDIR) from None
+        except Exception:
+            log.exception("unexpected failure in %s", op.__name__)
+            raise mfusepy.FuseOSError(errno.EIO) from None
+
+    return wrapper
+
+
+class XnatFS(mfusepy.Operations):
+    """Read-only operations over one Tree; thread-safe (libfuse's multithreaded loop)."""
+
+    use_ns = True
+    # Reads and releases need no path (file handles carry the file): libfuse skips building it.
+    flag_nopath = True
+    flag_nullpath_ok = True
+
+    def __init__(
+        self, tree: Tree, fetcher: Fetcher, *, on_init: Callable[[], None] | None = None
+    ) -> None:
+        self.tree = tree
+        self.fetcher = fetcher
+        self.on_init = on_init
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self._handles: dict[int, tuple[FileHandle, dict[str, int]]] = {}
+        self._ids = itertools.count(1)
+        self._opened: dict[str, str] = {}  # path -> file version at its last open
+        self._lock = threading.Lock()
+
+    # -- set-up ----------------------------------------------------------------------------
+
+    def init_with_config(self, conn: Any, config: Any) -> None:
+        if conn is not None:
+            conn.max_background = MAX_BACKGROUND
+            conn.congestion_threshold = MAX_BACKGROUND * 3 // 4
+        if self.on_init is not None:
+            self.on_init()
+
+    # -- metadata --------------------------------------------------------------------------
+
+    @_errno
+    def getattr(self, path: str | None, fh: Any = None) -> dict[str, int]:
+        if path is None:  # fstat() of an open file: the handle knows
+            return self._handles[fh.fh][1]
+        return self._attrs(self.tree.lookup(path))
+
+    def _attrs(self, node: Node) -> dict[str, int]:
+        ns = int(node.mtime * 1e9)
+        attrs = {"st_uid": self.uid, "st_gid": self.gid, "st_atime": ns, "st_mtime": ns,
+                 "st_ctime": ns, "st_blksize": BLOCK}
+        if node.is_dir:
+            attrs.update(st_mode=_DIR["st_mode"], st_nlink=2)
+        else:
+            size = self.tree.file_size(node) or 0
+            attrs.update(st_mode=_FILE["st_mode"], st_nlink=1, st_size=size,
+                         st_blocks=-(-size // 512))
+        return attrs
+
+    @_errno
+    def readdir(self, path: str, fh: int) -> Iterator[tuple[str, dict[str, int], int]]:
+        node = self.tree.lookup(path)
+        if not node.is_dir:
+            raise NotADirectoryError(path)
+        kids = self.tree.children(node)
+        return itertools.chain(
+            [(".", _DIR, 0), ("..", _DIR, 0)],
+            ((name, _DIR if kid.is_dir else _FILE, 0) for name, kid in kids.items()))
+
+    def statfs(self, path: str) -> dict[str, int]:
+        return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_namemax": 255}
+
+    # -- data ------------------------------------------------------------------------------
+
+    @_errno
+    def open(self, path: str, fi: Any) -> int:
+        if fi.flags & os.O_ACCMODE != os.O_RDONLY:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        node = self.tree.lookup(path)
+        if node.file is None:
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        file = node.file
+        if file.size is None:
+            size = self.tree.file_size(node)
+            if size is None:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            file = replace(file, size=size)
+        handle = FileHandle(self.fetcher, file)
+        with self._lock:
+            fi.fh = next(self._ids)
+            self._handles[fi.fh] = (handle, self._attrs(node))
+            # The page cache may keep what it has unless the file changed since it was read.
+            fi.keep_cache = self._opened.get(path, file.version) == file.version
+            self._opened[path] = file.version
+        return 0
+
+    @_errno
+    def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:
+        return self._handles[fh.fh][0].read(offset, size)
+
+    def release(self, path: str | None, fh: Any) -> int:
+        with self._lock:
+            handle, _ = self._handles.pop(fh.fh)
+        handle.close()
+        return 0
+
+    # -- read-only -------------------------------------------------------------------------
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> int:
+        raise mfusepy.FuseOSError(errno.EROFS)
+
+    chmod = chown = create = fallocate = link = mkdir = mknod = removexattr = rename = \
+        rmdir = setxattr = symlink = truncate = unlink = utimens = write = _read_only

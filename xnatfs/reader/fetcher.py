@@ -1,0 +1,398 @@
+"""The one path from the network to bytes, shared by the mount and by materialize.
+
+Contract (stable; other front ends code against it)
+-----------------------------------------------------
+``Fetcher(client, cache, chunk_size=CHUNK_SIZE, max_parallel=8)``; ``cache`` may be None.
+
+``chunk(file, index, *, store=True) -> bytes``
+    Bytes ``[index * chunk_size, min((index + 1) * chunk_size, file.size))`` of ``file``: always
+    exactly that many, and, as far as the server lets us check, exactly the server's bytes.
+    ``file.size`` must be known (``Tree.file_size`` resolves listings without one). Served from
+    memory, then the disk cache, else with one ranged GET; a file of one chunk is fetched whole,
+    without Range. Concurrent callers of one chunk share one request. When the server ignores
+    Range (200 instead of 206), the file is streamed once from byte 0 and every chunk of it is
+    kept (in the disk cache when there is one, even with ``store=False``, so the next chunk is
+    not streamed again); waiting callers are served from that stream. Short bodies, wrong
+    Content-Range, 5xx, connection errors and MD5 mismatches are retried with backoff, a bounded
+    number of times within a deadline, then raised as an XnatfsError (``.errno`` is EIO). 403/404
+    and refused credentials are raised at once. ``store=False`` keeps the chunk out of both caches
+    (for callers that write the bytes out themselves).
+``cached(file, index) -> bytes | None``
+    The chunk if memory or the disk cache has it (checked); never touches the network.
+``prefetch(file, first, last) -> Future``
+    Fetches the chunks ``first..last`` not already cached or in flight, in the background on a
+    pool of ``max_parallel`` threads, one request per run of missing chunks. ``cancel()`` drops
+    it if it has not started; once started it completes (its chunks land in the cache).
+``chunk_count(file)``, ``chunk_bounds(file, index) -> (start, end)``, ``close()``.
+
+MD5: when the listing has a digest, a file fetched from its first chunk onwards is hashed in
+order as chunks arrive (GIL-free, after the reader has its bytes, except for the last chunk,
+which is held back until the hash is checked). A mismatch evicts every chunk of the file and
+fails that read; the retry streams the whole file again and checks it; a second mismatch is EIO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from cachetools import LRUCache
+
+from xnatfs.errors import ConnectError, IntegrityError, ServerError
+from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
+from xnatfs.tree.model import RemoteFile
+from xnatfs.xnat.client import CHUNK as PIECE
+from xnatfs.xnat.client import Body, XnatClient
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (IntegrityError, ServerError, ConnectError)
+FileKey = tuple[str, str]
+Key = tuple[str, str, int]
+MAX_PENDING = 16  # out-of-order chunks held for the in-order MD5 before giving up on it
+
+
+@dataclass
+class _Digest:
+    """The running MD5 of one file, fed chunk by chunk in index order."""
+
+    expected: str
+    md5: hashlib._Hash = field(default_factory=hashlib.md5)
+    next: int = 0
+    pending: dict[int, bytes] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Fetcher:
+    """Chunks of remote files, from memory, the disk cache or the network. Thread-safe."""
+
+    def __init__(
+        self,
+        client: XnatClient,
+        cache: ChunkCache | None,
+        chunk_size: int = CHUNK_SIZE,
+        max_parallel: int = 8,
+        *,
+        memory: int = 128 << 20,
+        retries: int = 3,
+        backoff: float = 0.25,
+        deadline: float = 60.0,
+    ) -> None:
+        if chunk_size % PIECE and PIECE % chunk_size:
+            raise ValueError(f"chunk size must divide or be a multiple of {PIECE}")
+        self.client = client
+        self.cache = cache
+        self.chunk_size = chunk_size
+        self.retries = retries
+        self.backoff = backoff
+        self.deadline = deadline
+        self._memory: LRUCache[Key, bytes] = LRUCache(memory, getsizeof=len)
+        self._memory_lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _inflight, _digests, _suspect
+        self._inflight: dict[Key, Future[bytes]] = {}
+        self._digests: dict[FileKey, _Digest] = {}
+        self._suspect: set[FileKey] = set()
+        self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="xnatfs-fetch")
+
+    # -- geometry ------------------------------------------------------------------------
+
+    def chunk_count(self, file: RemoteFile) -> int:
+        return -(-_size(file) // self.chunk_size)
+
+    def chunk_bounds(self, file: RemoteFile, index: int) -> tuple[int, int]:
+        start = index * self.chunk_size
+        return start, min(start + self.chunk_size, _size(file))
+
+    # -- public API ----------------------------------------------------------------------
+
+    def chunk(self, file: RemoteFile, index: int, *, store: bool = True) -> bytes:
+        """One chunk, exact and checked; see the module docstring."""
+        if not 0 <= index < self.chunk_count(file):
+            raise ValueError(f"chunk {index} out of range for {file.uri} ({file.size} bytes)")
+        deadline = time.monotonic() + self.deadline
+        delay = self.backoff
+        for attempt in itertools.count():
+            try:
+                return self._chunk_once(file, index, store)
+            except RETRYABLE as exc:
+                if attempt >= self.retries or time.monotonic() + delay > deadline:
+                    raise
+                log.info("retrying %s chunk %d after: %s", file.uri, index, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+        raise AssertionError("unreachable")
+
+    def cached(self, file: RemoteFile, index: int) -> bytes | None:
+        """The chunk from memory or the disk cache, or None; never the network."""
+        with self._memory_lock:
+            data = self._memory.get(_key(file, index))
+        if data is None and self.cache is not None:
+            data = self.cache.get(file, index)
+        return data
+
+    def prefetch(self, file: RemoteFile, first: int, last: int) -> Future[None]:
+        """Fetch chunks first..last into the caches in the background."""
+        last = min(last, self.chunk_count(file) - 1)
+        return self._pool.submit(self._prefetch, file, first, last)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- getting one chunk ---------------------------------------------------------------
+
+    def _chunk_once(self, file: RemoteFile, index: int, store: bool) -> bytes:
+        key = _key(file, index)
+        with self._memory_lock:
+            data = self._memory.get(key)
+        if data is not None:
+            return data
+        if self.cache is not None:
+            data = self.cache.get(file, index)
+            if data is not None:
+                if store:
+                    self._remember(key, data)
+                return data
+        with self._lock:
+            future = self._inflight.get(key)
+            mine = future is None
+            if mine:
+                future = self._inflight[key] = Future()
+        assert future is not None
+        if mine:
+            self._fetch(file, index, index, {index: future}, store, detach=True)
+        return future.result()
+
+    def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
+        wanted = [i for i in range(first, last + 1) if not self._have(file, i)]
+        claims = self._claim(file, wanted)
+        for run in _runs(sorted(claims)):
+            self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, detach=False)
+
+    def _have(self, file: RemoteFile, index: int) -> bool:
+        with self._memory_lock:
+            if _key(file, index) in self._memory:
+                return True
+        return self.cache is not None and self.cache.contains(file, index)
+
+    def _claim(self, file: RemoteFile, indices: list[int]) -> dict[int, Future[bytes]]:
+        """Register as the fetcher of those chunks nobody is fetching yet."""
+        claims: dict[int, Future[bytes]] = {}
+        with self._lock:
+            for i in indices:
+                key = _key(file, i)
+                if key not in self._inflight:
+                    claims[i] = self._inflight[key] = Future()
+        return claims
+
+    # -- one request -----------------------------------------------------------------------
+
+    def _fetch(
+        self, file: RemoteFile, first: int, last: int, claims: dict[int, Future[bytes]],
+        store: bool, *, detach: bool,
+    ) -> None:
+        """One GET for chunks first..last, delivering each to its claim as it arrives. Never
+        raises: failures go to the claims' futures, so every waiter sees them. With ``detach``,
+        a whole-file body is left to a thread once our chunks are delivered."""
+        body = None
+        try:
+            whole = self.chunk_count(file) == 1 or _file_key(file) in self._suspect
+            if whole:
+                body = self.client.open_file(file.uri)
+            else:
+                end = self.chunk_bounds(file, last)[1]
+                body = self.client.open_file(file.uri, first * self.chunk_size, end)
+            transfer = _Transfer(self, file, body, claims, store)
+        except BaseException as exc:
+            self._fail(file, claims, exc)
+            if body is not None:
+                body.close()
+            return
+        if detach and not body.ranged and transfer.run(until=last):
+            threading.Thread(target=transfer.run, name="xnatfs-stream", daemon=True).start()
+        else:
+            transfer.run()
+
+    def _deliver(
+        self, file: RemoteFile, index: int, data: bytes, claims: dict[int, Future[bytes]], *,
+        memory: bool, disk: bool,
+    ) -> None:
+        """Hand one chunk to its waiters and the caches; the MD5 sees it too."""
+        start, end = self.chunk_bounds(file, index)
+        if len(data) != end - start:
+            raise IntegrityError(f"chunk {index} of {file.uri}: {len(data)} bytes, "
+                                 f"expected {end - start}")
+        last = index == self.chunk_count(file) - 1
+        if last:
+            self._digest(file, index, data)  # the file's last bytes wait for its MD5
+        key = _key(file, index)
+        if memory:
+            self._remember(key, data)
+        future = claims.pop(index, None)
+        if future is not None:
+            with self._lock:
+                self._inflight.pop(key, None)
+            future.set_result(data)
+        if disk and self.cache is not None:
+            self.cache.put(file, index, data)
+        if not last:
+            self._digest(file, index, data)
+
+    def _fail(self, file: RemoteFile, claims: dict[int, Future[bytes]], exc: BaseException) -> None:
+        with self._lock:
+            for index in claims:
+                self._inflight.pop(_key(file, index), None)
+        for future in claims.values():
+            future.set_exception(exc)
+        claims.clear()
+
+    def _remember(self, key: Key, data: bytes) -> None:
+        with self._memory_lock:
+            self._memory[key] = data
+
+    # -- MD5 ---------------------------------------------------------------------------------
+
+    def _digest(self, file: RemoteFile, index: int, data: bytes) -> None:
+        """Feed the file's running MD5; raise IntegrityError if it completes and is wrong."""
+        if not file.digest:
+            return
+        fkey = _file_key(file)
+        with self._lock:
+            state = self._digests.get(fkey)
+            if state is None:
+                if index != 0:
+                    return  # not read from its start: only sizes are checked
+                state = self._digests[fkey] = _Digest(file.digest)
+        count = self.chunk_count(file)
+        with state.lock:
+            if index < state.next:
+                return
+            state.pending[index] = data
+            while state.next < count:
+                piece = state.pending.pop(state.next, None)
+                if piece is None and len(state.pending) >= MAX_PENDING:
+                    piece = self.cached(file, state.next)  # a gap the network did not fill
+                    if piece is None:
+                        log.debug("not checking MD5 of %s: read out of order", file.uri)
+                        with self._lock:
+                            self._digests.pop(fkey, None)
+                        return
+                if piece is None:
+                    return
+                state.md5.update(piece)
+                state.next += 1
+            actual = state.md5.hexdigest()
+        with self._lock:
+            self._digests.pop(fkey, None)
+            if actual == state.expected:
+                self._suspect.discard(fkey)
+                return
+            self._suspect.add(fkey)
+        self._evict(file)
+        raise IntegrityError(f"MD5 mismatch for {file.uri}: got {actual}, "
+                             f"the listing says {state.expected}")
+
+    def _evict(self, file: RemoteFile) -> None:
+        for index in range(self.chunk_count(file)):
+            with self._memory_lock:
+                self._memory.pop(_key(file, index), None)
+            if self.cache is not None:
+                self.cache.delete(file, index)
+
+
+class _Transfer:
+    """One response body cut into chunks. A 200 (the server ignored Range, or a whole-file GET)
+    claims every chunk nobody else is fetching, so the file is streamed once for everybody; the
+    chunks claimed that way go to the disk cache (or, without one, to memory) for later readers."""
+
+    def __init__(self, fetcher: Fetcher, file: RemoteFile, body: Body,
+                 claims: dict[int, Future[bytes]], store: bool) -> None:
+        size = _size(file)
+        if body.total is not None and body.total != size:
+            raise IntegrityError(f"{file.uri} is {body.total} bytes on the server, "
+                                 f"the listing says {size} (changed since listed?)")
+        self.fetcher = fetcher
+        self.file = file
+        self.body = body
+        self.claims = claims
+        self.store = store
+        self.index = body.start // fetcher.chunk_size
+        self.extra: set[int] = set()
+        if not body.ranged:
+            others = fetcher._claim(file, [i for i in range(fetcher.chunk_count(file))
+                                           if i not in claims and not fetcher._have(file, i)])
+            self.extra = set(others)
+            claims.update(others)
+        self.pieces = _Pieces(body.chunks(min(PIECE, fetcher.chunk_size)))
+
+    def run(self, until: int | None = None) -> bool:
+        """Deliver chunks until ``until`` is delivered (True: more remain) or none are left."""
+        fetcher, file = self.fetcher, self.file
+        has_disk = fetcher.cache is not None
+        try:
+            while self.claims:
+                start, end = fetcher.chunk_bounds(file, self.index)
+                data = self.pieces.take(end - start)
+                if self.index in self.claims:
+                    extra = self.index in self.extra
+                    fetcher._deliver(file, self.index, data, self.claims,
+                                     memory=self.store or (extra and not has_disk),
+                                     disk=self.store or extra)
+                else:
+                    fetcher._digest(file, self.index, data)
+                self.index += 1
+                if until is not None and self.index > until and self.claims:
+                    return True
+        except BaseException as exc:
+            fetcher._fail(file, self.claims, exc)
+        self.body.close()
+        return False
+
+
+class _Pieces:
+    """Exact-length reads over a body's pieces; no copy when pieces align with chunks."""
+
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self.pieces = pieces
+        self.left = b""
+
+    def take(self, length: int) -> bytes:
+        parts: list[bytes] = []
+        got = 0
+        while got < length:
+            if self.left:
+                piece, self.left = self.left, b""
+            else:
+                piece = next(self.pieces, b"")
+                if not piece:
+                    raise IntegrityError(f"body ended {length - got} bytes short of a chunk")
+            if got + len(piece) > length:
+                piece, self.left = piece[: length - got], piece[length - got:]
+            parts.append(piece)
+            got += len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _runs(indices: list[int]) -> Iterator[list[int]]:
+    """Consecutive runs of sorted indices: [1, 2, 4] -> [1, 2], [4]."""
+    for _, group in itertools.groupby(enumerate(indices), lambda p: p[1] - p[0]):
+        yield [i for _, i in group]
+
+
+def _size(file: RemoteFile) -> int:
+    if file.size is None:
+        raise ValueError(f"size of {file.uri} unknown: resolve it first (Tree.file_size)")
+    return file.size
+
+
+def _key(file: RemoteFile, index: int) -> Key:
+    return (file.uri, file.version, index)
+
+
+def _file_key(file: RemoteFile) -> FileKey:
+    return (file.uri, file.version)

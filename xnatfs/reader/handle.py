@@ -1,0 +1,40 @@
+"""One open file: FUSE-sized reads served from whole chunks, read-ahead advised first."""
+
+from __future__ import annotations
+
+from xnatfs.reader.fetcher import Fetcher
+from xnatfs.reader.readahead import Readahead
+from xnatfs.tree.model import RemoteFile
+
+
+class FileHandle:
+    """Reads of one file at any offset and size; files of one chunk need no read-ahead."""
+
+    def __init__(self, fetcher: Fetcher, file: RemoteFile) -> None:
+        if file.size is None:
+            raise ValueError(f"size of {file.uri} unknown")
+        self.fetcher = fetcher
+        self.file = file
+        self.size = file.size
+        self.readahead = Readahead(fetcher, file) if fetcher.chunk_count(file) > 1 else None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset + size), fewer at the end of the file, b"" past it."""
+        end = min(offset + size, self.size)
+        if offset >= end:
+            return b""
+        if self.readahead is not None:
+            self.readahead.advise(offset, end)
+        chunk_size = self.fetcher.chunk_size
+        first, last = offset // chunk_size, (end - 1) // chunk_size
+        parts = []
+        for index in range(first, last + 1):
+            data = self.fetcher.chunk(self.file, index)
+            base = index * chunk_size
+            lo, hi = max(offset - base, 0), min(end - base, len(data))
+            parts.append(data if (lo, hi) == (0, len(data)) else data[lo:hi])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def close(self) -> None:
+        if self.readahead is not None:
+            self.readahead.close()

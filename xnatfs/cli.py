@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="xnatfs: %(levelname)s: %(message)s")
+    if args.verbose < 2:  # its retry notices are ours to report, once, in our words
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         return args.run(args)
     except XnatfsError as exc:

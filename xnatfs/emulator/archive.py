@@ -22,7 +22,7 @@ EPOCH = 1695835881.352
 
 
 def timestamp(t: float) -> str:
-    """``java.sql.Timestamp.toString()``: ``2023-09-27 17:31:21.352``, at least one fraction digit."""
+    """``java.sql.Timestamp.toString()``: ``2023-09-27 17:31:21.352`` (>= 1 fraction digit)."""
     millis = round(t * 1000)
     stamp = datetime.fromtimestamp(millis // 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
     return f"{stamp}.{f'{millis % 1000:03d}'.rstrip('0') or '0'}"
@@ -467,12 +467,14 @@ class Archive:
         session.assessors.append(assessor)
         return assessor
 
-    def add_reconstruction(self, session: Experiment, recon_id: str, recon_type: str) -> Reconstruction:
+    def add_reconstruction(self, session: Experiment, recon_id: str,
+                           recon_type: str) -> Reconstruction:
         recon = Reconstruction(recon_id, recon_type, session, self._next("scan"))
         session.reconstructions.append(recon)
         return recon
 
-    def add_resource(self, owner: Owner, label: str, *, inout: str = "out", **kw: object) -> Resource:
+    def add_resource(self, owner: Owner, label: str, *, inout: str = "out",
+                     **kw: str | bool) -> Resource:
         resource = Resource(1000 + self._next("resource"), label, owner, inout, **kw)  # type: ignore[arg-type]
         self.resources[resource.id] = resource
         if inout == "in" and isinstance(owner, Assessor | Reconstruction):

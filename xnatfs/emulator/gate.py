@@ -37,11 +37,6 @@ class Visitor:
     new_session: bool = False
 
 
-def context_path(config: EmulatorConfig) -> str:
-    path = config.context_path.strip("/")
-    return f"/{path}" if path else ""
-
-
 class Gate:
     def __init__(self, auth: Auth, config: EmulatorConfig) -> None:
         self.auth = auth
@@ -73,7 +68,7 @@ class Gate:
         return visitor
 
     def turn_away(self, user_agent: str) -> Response:
-        ctx = context_path(self.config)
+        ctx = self.config.path_prefix
         if _BROWSER.search(user_agent) and "XNATDesktopClient" not in user_agent:
             return Response(302, [("Location", f"{ctx}/app/template/Login.vm"),
                                   ("Content-Length", "0")], kind="auth")
@@ -87,7 +82,7 @@ class Gate:
 
     def cookies(self, visitor: Visitor) -> list[str]:
         """Set-Cookie values for this answer: the session if new, and the expiry stamp."""
-        path = context_path(self.config) or "/"
+        path = self.config.path_prefix or "/"
         values = []
         if visitor.new_session and visitor.session is not None:
             values.append(f"JSESSIONID={visitor.session.id}; Path={path}; HttpOnly")

@@ -57,6 +57,12 @@ class EmulatorConfig:
     shuffle_rows: bool = False
     """Shuffle row order in listings, as an unordered SQL result may."""
 
+    @property
+    def path_prefix(self) -> str:
+        """``context_path`` normalised: ``""`` or ``/name`` without a trailing slash."""
+        path = self.context_path.strip("/")
+        return f"/{path}" if path else ""
+
 
 class TokenBucket:
     """A bytes/s limiter whose rate is read on each call, so it follows the knobs live.

@@ -147,8 +147,8 @@ def table(rows: list[Row], query: dict[str, str], defaults: list[str], *,
         offset = int(query.get("offset") or 0)
         limit = query.get("limit", "100")
         rows = rows[offset:] if limit == "*" else rows[offset:offset + int(limit)]
-    columns = _columns(query, defaults, rows[0] if rows else {}, always)
-    result: dict[str, Any] = {"Result": [_hash_order({c: r[c] for c in columns if c in r})
+    columns = _columns(query, defaults, set().union(*rows), always)
+    result: dict[str, Any] = {"Result": [_hash_order({c: r.get(c, "") for c in columns})
                                          for r in rows]}
     if not paged:
         result["totalRecords"] = str(len(rows))
@@ -186,13 +186,14 @@ def _lookup(row: Row, column: str) -> str:
     return next((v for k, v in row.items() if k.lower() == lowered), "")
 
 
-def _columns(query: dict[str, str], defaults: list[str], sample: Row,
+def _columns(query: dict[str, str], defaults: list[str], present: set[str],
              always: tuple[str, ...]) -> list[str]:
+    """Columns asked for that exist (unknown aliases are ignored, as XNAT does)."""
     asked = query.get("columns", "")
     if not asked or asked == "DEFAULT":
         columns = list(defaults)
     else:
-        known = {k.lower(): k for k in sample} or {k.lower(): k for k in defaults}
+        known = {k.lower(): k for k in present | set(defaults)}
         columns = [known[c.strip().lower()] for c in asked.split(",")
                    if c.strip().lower() in known]
     return columns + [c for c in always if c not in columns]

@@ -74,7 +74,10 @@ class Target:
     """Raw file path below ``/files/`` for a download; a name for schema and build info."""
 
 
-def not_found(message: str = "The server has not found anything matching the request URI") -> HttpError:
+NO_MATCH = "The server has not found anything matching the request URI"
+
+
+def not_found(message: str = NO_MATCH) -> HttpError:
     return HttpError(404, message)
 
 

@@ -8,6 +8,7 @@ started again on the same port (a server that was killed and came back).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -22,7 +23,7 @@ from urllib.parse import parse_qsl
 from xnatfs.emulator import pages, zipper
 from xnatfs.emulator.archive import Archive
 from xnatfs.emulator.auth import Auth
-from xnatfs.emulator.gate import Gate, Visitor, context_path
+from xnatfs.emulator.gate import Gate, Visitor
 from xnatfs.emulator.knobs import EmulatorConfig, TokenBucket
 from xnatfs.emulator.log import Record, RequestLog
 from xnatfs.emulator.routes import HttpError, Router
@@ -67,7 +68,7 @@ class Emulator:
     @property
     def url(self) -> str:
         """Base URL, context path included."""
-        return f"http://{self.host}:{self.port}{context_path(self.config)}"
+        return f"http://{self.host}:{self.port}{self.config.path_prefix}"
 
     def start(self, port: int | None = None) -> str:
         """Listen (on ``port``, else the port of the previous run, else a free one)."""
@@ -148,10 +149,8 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             connections = list(self._connections)
         for sock in connections:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -177,7 +176,7 @@ class _Handler(BaseHTTPRequestHandler):
         emulator = self.server.emulator
         config = emulator.config
         target, _, query_string = self.path.partition("?")
-        ctx = context_path(config)
+        ctx = config.path_prefix
         inside = target == ctx or target.startswith(ctx + "/")
         path = target[len(ctx):] if inside else target
         headers = {k.lower(): v for k, v in self.headers.items()}

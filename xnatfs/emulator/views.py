@@ -128,7 +128,7 @@ class View:
         assert target.scope is not None
         if self.query.get("format") == "zip":
             return downloads.zip_download(target.scope, self.query)
-        return downloads.file_listing(target.scope, self.query, self.config.context_path)
+        return downloads.file_listing(target.scope, self.query, self.config.path_prefix)
 
     def _file(self, target: Target) -> Response:
         assert target.scope is not None and target.path is not None
@@ -185,12 +185,12 @@ class View:
 
     def _site_root(self, target: Target) -> Response:
         body = (pages.home_page(self.user) if self.user
-                else pages.login_page(self.config.context_path))
+                else pages.login_page(self.config.path_prefix))
         return Response(200, [("Content-Type", "text/html;charset=UTF-8")], body, kind="page")
 
     def _login_page(self, target: Target) -> Response:
         return Response(200, [("Content-Type", "text/html;charset=UTF-8")],
-                        pages.login_page(self.config.context_path), kind="page")
+                        pages.login_page(self.config.path_prefix), kind="page")
 
     def _build_info(self, target: Target) -> Response:
         if target.path is None:

@@ -51,10 +51,15 @@ class Target:
 
 
 class Output:
-    """The output folder. Thread-safe."""
+    """The output folder. Thread-safe. ``create=False`` (a dry run) only looks."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, create: bool = True) -> None:
         root = os.path.abspath(path)
+        self.root = os.path.realpath(root)
+        self._dirs: set[str] = {self.root}
+        self._lock = threading.Lock()
+        if not create:
+            return
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as exc:
@@ -64,9 +69,6 @@ class Output:
             raise UsageError(f"output {root} is not a folder")
         if not os.access(root, os.W_OK | os.X_OK):
             raise UsageError(f"output folder {root} is not writable")
-        self.root = os.path.realpath(root)
-        self._dirs: set[str] = {self.root}
-        self._lock = threading.Lock()
 
     def target(self, tree_path: str) -> Target:
         """The final and part names for a tree path; a component that could leave its folder

@@ -9,8 +9,9 @@
   retries): a small file is one request; a large file's chunks are fetched by several workers
   at once and written in order, hashed as they arrive, so the part file is always a valid
   prefix that the next run continues.
-* After the pass, files that failed because the server was unreachable or answered 5xx are
-  tried again (``retry_rounds``), continuing from what they had.
+* After the pass, files that failed on the network (unreachable, 5xx, bodies cut short, after
+  the fetcher's own retries) are tried again (``retry_rounds``), continuing from what they
+  had. A digest mismatch is not a network failure: it is reported, not retried.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ from xnatfs.tree.model import RemoteFile, Tree
 
 log = logging.getLogger(__name__)
 
-CHUNK_FIRST, NEW_FILE = 0, 1  # task priorities
+CHUNK_FIRST, NEW_FILE, LAST = 0, 1, 2  # task priorities
 MAX_WINDOW = 16  # chunks of one file in flight or waiting to be written (the fetcher's MD5 limit)
-TRANSIENT = (ConnectError, ServerError)
+TRANSIENT = (ConnectError, ServerError, IntegrityError)
 Task = Callable[[], None]
 
 
@@ -58,6 +59,7 @@ class Workers:
         self._idle = threading.Condition()
         self._on_fatal = on_fatal
         self.fatal: BaseException | None = None
+        self._count = count
         for i in range(count):
             threading.Thread(target=self._loop, name=f"{name}-{i}", daemon=True).start()
 
@@ -83,9 +85,16 @@ class Workers:
         if self.fatal is not None:
             raise self.fatal
 
+    def close(self) -> None:
+        """Let the threads end once the queue is empty."""
+        for _ in range(self._count):
+            self._queue.put((LAST, next(self._seq), _END))
+
     def _loop(self) -> None:
         while True:
             _, _, task = self._queue.get()
+            if task is _END:
+                return
             try:
                 if self.fatal is None:
                     task()
@@ -95,6 +104,10 @@ class Workers:
                 with self._idle:
                     self._busy -= 1
                     self._idle.notify_all()
+
+
+def _END() -> None:
+    """The task that ends a worker thread."""
 
 
 @dataclass(frozen=True)
@@ -125,21 +138,26 @@ class Engine:
         self._transient: dict[str, PlannedFile] = {}
         self._lock = threading.Lock()
 
-    def planner(self, selection: Selection, emit: Callable[[PlannedFile], None]) -> Planner:
-        """A planner that lists on this engine's listing threads."""
-        return Planner(self.tree, selection, lambda task: self.listers.submit(0, task), emit)
-
     def run(self, selection: Selection) -> None:
         """List and download everything selected; failures of single files go to the report,
         errors that stop everything (refused credentials, a full disk) are raised."""
-        planner = self._planner = self.planner(selection, self._planned)
-        roots = planner.roots()
+        planner = self._planner = Planner(
+            self.tree, selection, lambda task: self.listers.submit(0, task), self._planned)
         try:
-            planner.run(roots)
+            roots = planner.roots()
+            try:
+                planner.run(roots)
+            finally:
+                for failure in planner.failures:
+                    self.report.listing_failed(failure.path, failure.reason)
+            self.workers.wait()
+            self._retry()
         finally:
-            for failure in planner.failures:
-                self.report.listing_failed(failure.path, failure.reason)
-        self.workers.wait()
+            self.workers.close()
+            self.listers.close()
+
+    def _retry(self) -> None:
+        """Give files that failed on an unreachable or failing server more chances."""
         for pause in (self.options.retry_pause * 3 ** n for n in range(self.options.retry_rounds)):
             with self._lock:
                 again, self._transient = list(self._transient.values()), {}
@@ -209,12 +227,18 @@ class Engine:
         """Record a file's failure; errors that stop every file are raised instead."""
         if isinstance(exc, OutputFailed | AuthError):
             raise exc
-        if isinstance(exc, TRANSIENT):
+        if isinstance(exc, TRANSIENT) and not is_digest_mismatch(exc):
             with self._lock:
                 self._transient[planned.path] = planned
         log.debug("%s failed: %s", planned.path, exc)
         self.report.expect(-unwritten)
         self._done(Result(planned.path, Outcome.FAILED, planned.file.size or 0, reason=str(exc)))
+
+
+def is_digest_mismatch(exc: XnatfsError) -> bool:
+    """The bytes arrived whole but are not the listed ones (ours and the fetcher's wording):
+    fetching them again would only give the same bytes."""
+    return isinstance(exc, IntegrityError) and str(exc).startswith("MD5 mismatch")
 
 
 def listing_threads(jobs: int) -> int:
@@ -327,6 +351,9 @@ class _FileJob:
             return
         self.failed = True
         self.pending.clear()
-        self.part.close()
+        if self.part.offset:
+            self.part.close()  # kept: the next run continues it
+        else:
+            self.part.discard()
         left = self.part.size - self.part.offset
         self.engine._failed(self.planned, exc, unwritten=left)

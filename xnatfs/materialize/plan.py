@@ -12,14 +12,21 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from xnatfs.errors import AuthError, UsageError, XnatfsError
+from xnatfs.errors import AuthError, ConnectError, ServerError, UsageError, XnatfsError
 from xnatfs.tree.model import Context, Node, RemoteFile, Tree, parse_time, split_path
+
+log = logging.getLogger(__name__)
+# A session's folder comes from several listings, any of which a flaky proxy may cut short;
+# the client retries 5xx and refused connections, this retries the whole folder.
+LISTING_RETRY_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 # Levels at or below which a context field is final; a folder whose final fields fail a filter
 # cannot hold a wanted file. Below a ``resources`` folder only the resource label still changes.
@@ -277,6 +284,15 @@ class Planner:
 
     def _list(self, path: str, node: Node) -> None:
         try:
+            for pause in (*LISTING_RETRY_PAUSES, None):
+                try:
+                    self.tree.children(node)
+                    break
+                except (ConnectError, ServerError) as exc:  # a cut body or a 5xx burst
+                    if pause is None:
+                        raise
+                    log.info("listing %s failed (%s); trying again", path or "/", exc)
+                    time.sleep(pause)
             self._expand(path, node)
         except AuthError as exc:
             self.cancel(exc)

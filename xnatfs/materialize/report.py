@@ -185,7 +185,8 @@ class Report:
             print(f"failed: {failure['path']}: {failure['reason']}", file=out)
         parts = [f"{summary.downloaded} downloaded ({human(summary.downloaded_bytes)})"]
         if summary.present or summary.verified:
-            parts.append(f"{summary.present + summary.verified} already present")
+            checked = f" ({summary.verified} checked by MD5)" if summary.verified else ""
+            parts.append(f"{summary.present + summary.verified} already present{checked}")
         if summary.replaced:
             parts.append(f"{summary.replaced} replaced after failing --verify")
         if summary.failed or summary.failures:
@@ -196,6 +197,8 @@ class Report:
             parts.append(f"{unfinished} not finished")
         print(f"{summary.selected} files ({human(summary.selected_bytes)}) in {summary.output}: "
               f"{', '.join(parts)}; {summary.seconds:.1f} s, {human(summary.rate)}/s", file=out)
+        if not summary.selected:
+            print("note: nothing matched the selection", file=out)
         if summary.size_only:
             print(f"note: {summary.size_only} files have no MD5 on the server; "
                   "their size was checked", file=out)

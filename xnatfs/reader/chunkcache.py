@@ -3,8 +3,10 @@
 Built on ``diskcache`` (SQLite index + one file per chunk) with these choices, each on purpose:
 
 * **LRU, not diskcache's default LRS.** A mount re-reads what users keep working on; evicting by
-  store time would throw out the files in use. The extra UPDATE per ``get`` costs ~0.1 ms, noise
-  next to reading a multi-MiB chunk.
+  store time would throw out the files in use. LRU makes every ``get`` a write transaction, and
+  diskcache reads the value inside it; concurrent readers then queue on SQLite's lock, whose
+  busy handler sleeps for milliseconds. So calls into diskcache take a Python lock instead
+  (a fast hand-over), and a value is fetched as an open file and read after the lock is gone.
 * **Keys carry the file's version** (``RemoteFile.version``: listing size and digest), so a file
   that changes on the server gets new keys and the old chunks simply age out: never served stale.
 * **The size limit holds at insert time.** diskcache culls after each insert; giving it a limit
@@ -26,6 +28,7 @@ import shutil
 import sqlite3
 import threading
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import diskcache
@@ -47,19 +50,31 @@ def default_cache_dir() -> str:
     return os.path.join(user_cache_dir("xnatfs", appauthor=False), "chunks")
 
 
+@dataclass(frozen=True)
+class _Written:
+    """A value file already written (outside the lock); diskcache only records it."""
+
+    filename: str
+    size: int
+
+
 class _PrivateDisk(diskcache.Disk):
-    """diskcache's Disk, but value files are 0600 and written in one call: the stock ``store``
-    writes bytes line by line through a BytesIO, which halves the write speed of binary data."""
+    """diskcache's Disk that takes values already written to private (0600) files."""
 
     def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
-        if type(value) is not bytes or len(value) < self.min_file_size:
-            return super().store(value, read, key=key)
-        filename, full_path = self.filename(key, value)
+        if isinstance(value, _Written):
+            return value.size, MODE_BINARY, value.filename, None
+        return super().store(value, read, key=key)
+
+    def write(self, data: bytes) -> _Written:
+        """Write a value file in one call (diskcache's own ``store`` writes binary data line
+        by line through a BytesIO, at half the speed)."""
+        filename, full_path = self.filename()
         os.makedirs(os.path.dirname(full_path), mode=0o700, exist_ok=True)
         fd = os.open(full_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with open(fd, "wb") as out:
-            out.write(value)
-        return len(value), MODE_BINARY, filename, None
+            out.write(data)
+        return _Written(filename, len(data))
 
 
 class ChunkCache:
@@ -83,7 +98,7 @@ class ChunkCache:
         self.min_free = min_free
         # Below this, the cache has no room for even one chunk next to SQLite's own pages.
         self._limit = size_limit - chunk_size
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # every call into diskcache: see the module docstring
         self._cache = self._open()
 
     def _open(self) -> diskcache.Cache:
@@ -91,8 +106,7 @@ class ChunkCache:
         # An empty file is a valid SQLite database; creating it 0600 first makes SQLite create
         # its -wal and -shm files 0600 too (they copy the database file's mode).
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
-        settings = {"size_limit": max(self._limit, 0), "eviction_policy": "least-recently-used",
-                    "disk_min_file_size": 1 << 15}
+        settings = {"size_limit": max(self._limit, 0), "eviction_policy": "least-recently-used"}
         try:
             return diskcache.Cache(self.directory, disk=_PrivateDisk, **settings)
         except sqlite3.DatabaseError as exc:
@@ -119,13 +133,19 @@ class ChunkCache:
         """The chunk, or None when it is absent or fails its length/CRC check (then dropped)."""
         key = self._key(file, index)
         try:
-            data, tag = self._cache.get(key, tag=True)
+            with self._lock:
+                value, tag = self._cache.get(key, read=True, tag=True)
+            if value is None:
+                return None
+            if isinstance(value, bytes):  # small values live inside SQLite
+                data = value
+            else:
+                with value:
+                    data = value.read()
         except _CACHE_ERRORS as exc:
             log.warning("chunk cache read failed: %s", exc)
             return None
-        if data is None:
-            return None
-        if not isinstance(data, bytes) or tag != _tag(data):
+        if tag != _tag(data):
             log.warning("dropping a damaged cache entry for %s chunk %d", file.uri, index)
             self._delete(key)
             return None
@@ -134,7 +154,8 @@ class ChunkCache:
     def contains(self, file: RemoteFile, index: int) -> bool:
         """Whether the chunk is stored (unchecked: ``get`` still verifies it)."""
         try:
-            return self._key(file, index) in self._cache
+            with self._lock:
+                return self._key(file, index) in self._cache
         except _CACHE_ERRORS:
             return False
 
@@ -143,13 +164,21 @@ class ChunkCache:
         room under the limit at all, or a disk error). Failing to cache never fails a read."""
         if len(data) > self._limit or not self._make_room(len(data)):
             return False
+        tag = _tag(data)
+        disk: _PrivateDisk = self._cache.disk
+        value: bytes | _Written = data
         try:
-            self._cache.set(self._key(file, index), data, tag=_tag(data))
-            # diskcache culls at most ten entries per insert; many tiny ones may not suffice.
-            if self._cache.volume() > self._limit:
-                self._cache.cull()
+            if len(data) >= disk.min_file_size:
+                value = disk.write(data)  # the slow part, outside the lock
+            with self._lock:
+                self._cache.set(self._key(file, index), value, tag=tag)
+                # diskcache culls at most ten entries per insert; many tiny ones may not do.
+                if self._cache.volume() > self._limit:
+                    self._cache.cull()
         except _CACHE_ERRORS as exc:
             log.warning("chunk cache write failed: %s", exc)
+            if isinstance(value, _Written):
+                disk.remove(value.filename)
             return False
         return True
 
@@ -158,7 +187,8 @@ class ChunkCache:
 
     def _delete(self, key: str) -> None:
         try:
-            self._cache.delete(key)
+            with self._lock:
+                self._cache.delete(key)
         except _CACHE_ERRORS as exc:
             log.warning("chunk cache delete failed: %s", exc)
 
@@ -184,10 +214,12 @@ class ChunkCache:
 
     def stats(self) -> dict[str, int | str]:
         """Where the cache is, how full, and its limits."""
+        with self._lock:
+            entries, volume = len(self._cache), self._cache.volume()
         return {
             "directory": self.directory,
-            "entries": len(self._cache),
-            "bytes": self._cache.volume(),
+            "entries": entries,
+            "bytes": volume,
             "size_limit": self.size_limit,
             "min_free": self.min_free,
             "disk_free": shutil.disk_usage(self.directory).free,
@@ -195,7 +227,8 @@ class ChunkCache:
 
     def clear(self) -> int:
         """Drop every chunk; returns how many there were."""
-        return self._cache.clear(retry=True)
+        with self._lock:
+            return int(self._cache.clear(retry=True))
 
     def close(self) -> None:
         self._cache.close()

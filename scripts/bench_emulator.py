@@ -2,7 +2,9 @@
 
 Serves one synthetic file from the emulator and one file of the same size on disk through
 ``python -m http.server``, times ``curl -o /dev/null`` on each (best and median of N runs)
-and prints MB/s and the emulator/static ratio. Usage::
+and prints MB/s and the emulator/static ratio. Also times the same file served by the
+emulator from disk (``load_folder``, sendfile), and the first and second listing of the
+synthetic file's resource (the first computes its MD5). Usage::
 
     .venv/bin/python scripts/bench_emulator.py [--size 1G] [--runs 3]
 """
@@ -18,7 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnatfs.emulator import (
+    Emulator,
+    EmulatorConfig,
+    SyntheticSpec,
+    load_folder,
+    synthetic_archive,
+)
 from xnatfs.emulator.synthetic import parse_size
 
 
@@ -33,16 +41,19 @@ def main() -> int:
                          assessors=0)
     archive = synthetic_archive(spec)
     (big,) = [f for f in archive.files() if f.size == size]
-    with Emulator(archive, EmulatorConfig(require_login=False)) as emulator, \
-            tempfile.TemporaryDirectory() as folder:
-        static_file = Path(folder, "big.bin")
-        with open(static_file, "wb") as out:
+    config = EmulatorConfig(require_login=False)
+    with Emulator(archive, config) as emulator, tempfile.TemporaryDirectory() as top:
+        folder = Path(top, "P/S/MR/scans/1-T1/resources/NIFTI/files")
+        folder.mkdir(parents=True)
+        with open(folder / "big.bin", "wb") as out:
             for piece in big.content.chunks(0, size):
                 out.write(piece)
+        listing = emulator.url + big.uri.rsplit("/files/", 1)[0] + "/files"
+        first, second = _timings(listing, 2)
         port = _free_port()
         static = subprocess.Popen(
             [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
-             "--directory", folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--directory", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_for(port)
             emulated = _timings(emulator.url + big.uri, args.runs)
@@ -50,10 +61,16 @@ def main() -> int:
         finally:
             static.terminate()
             static.wait()
+        disk = load_folder(top)
+        with Emulator(disk, config) as from_disk:
+            (on_disk,) = disk.files()
+            from_folder = _timings(from_disk.url + on_disk.uri, args.runs)
     mb = size / 1e6
-    for name, times in (("emulator", emulated), ("static", served)):
+    for name, times in (("emulator", emulated), ("static", served), ("folder", from_folder)):
         print(f"{name:9s} best {mb / min(times):8.0f} MB/s   median "
               f"{mb / statistics.median(times):8.0f} MB/s   ({args.runs} runs of {args.size})")
+    print(f"listing of the {args.size} file's resource: first {first:.2f} s (computes the MD5), "
+          f"then {second * 1000:.1f} ms")
     ratio = statistics.median(served) / statistics.median(emulated)
     print(f"ratio emulator/static (median): {ratio:.2f}  "
           f"(best: {min(served) / min(emulated):.2f}; target >= 0.5)")

@@ -170,7 +170,7 @@ def test_a_subject_and_a_single_file_download_into_their_tree_paths(emu, archive
 
 
 def test_an_unknown_path_is_one_line_and_exit_4(emu, capsys, tmp_path):
-    code, out, err = run(capsys, emu.url, "PROJ01/NOBODY", "-o", str(tmp_path))
+    code, _out, err = run(capsys, emu.url, "PROJ01/NOBODY", "-o", str(tmp_path))
     assert code == 4
     assert err.count("\n") == 1 and err.startswith("xnatfs: ") and "NOBODY" in err
     assert not file_requests(emu)
@@ -414,7 +414,7 @@ def test_faults_still_give_a_complete_verified_tree(emu, archive, capsys, tmp_pa
     emu.config.stall_seconds = 5.0
     knobs = after_login(emu, error_rate=0.1, truncate_rate=0.08, reset_rate=0.03,
                         stall_rate=0.03)
-    code, out, err = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path), "--timeout", "0.5")
+    code, _out, err = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path), "--timeout", "0.5")
     knobs.join()
     assert code == 0, err
     faults = {r.fault for r in emu.log.records()}
@@ -424,9 +424,9 @@ def test_faults_still_give_a_complete_verified_tree(emu, archive, capsys, tmp_pa
 
 
 def test_stalled_transfers_time_out_and_are_retried(emu, archive, capsys, tmp_path):
-    emu.config.stall_seconds = 30.0
+    emu.config.stall_seconds = 3.0  # listings wait it out (they may be slow), transfers not
     knobs = after_login(emu, stall_rate=0.25)
-    code, out, err = run(capsys, emu.url, "PROJ02/S002", "-o", str(tmp_path), "--timeout",
+    code, _out, err = run(capsys, emu.url, "PROJ02/S002", "-o", str(tmp_path), "--timeout",
                          "0.3")
     knobs.join()
     assert code == 0, err
@@ -472,11 +472,22 @@ def test_shards_split_the_files_exactly(emu, archive, capsys, tmp_path):
     assert sum(map(len, parts)) == len(set().union(*parts)) == sum(counts)
 
 
-def test_the_summary_names_every_failure(emu, capsys, tmp_path):
-    emu.config.error_rate = 1.0  # every request fails, listings included
-    code, out, err = run(capsys, emu.url, "PROJ01/S001/S001_MR1", "-o", str(tmp_path))
+def test_the_summary_names_every_failure(capsys, tmp_path, monkeypatch):
+    archive = synthetic_archive(HOSTILE)
+    monkeypatch.setenv("XNAT_USER", "bob")  # not a member of PROTECTED: 403 on its listings
+    monkeypatch.setenv("XNAT_PASS", "pw")
+    with Emulator(archive, EmulatorConfig(), users={**USERS, "bob": "pw"}) as emu:
+        code, out, err = run(capsys, emu.url, "PROTECTED", "HOSTILE/Subj With Space", "-o",
+                             str(tmp_path), "--json")
     assert code == 1
-    assert "failed: PROJ01/S001/S001_MR1: listing failed: HTTP 5" in err
+    summary = json.loads(out)
+    reasons = {f["path"]: f["reason"] for f in summary["failures"]}
+    missing = [p for p in reasons if p.endswith("/missing.dcm")]
+    assert len(missing) == 1 and reasons[missing[0]].startswith("not found on the server")
+    assert reasons["PROTECTED"].startswith("listing failed: access denied")
+    assert len(reasons) == 2 and summary["downloaded"] == summary["selected"] - 1
+    for path, reason in reasons.items():
+        assert f"failed: {path}: {reason}\n" in err
 
 
 @pytest.mark.parametrize("argv", [
@@ -484,7 +495,7 @@ def test_the_summary_names_every_failure(emu, capsys, tmp_path):
     ["--scan-type", "[T1"], ["--include", ""], ["--since", "last week"], ["--timeout", "0"],
 ])
 def test_bad_options_are_one_line_and_exit_2(emu, capsys, tmp_path, argv):
-    code, out, err = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path), *argv)
+    code, _out, err = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path), *argv)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("xnatfs: ")
     assert not emu.log.records()  # nothing was sent
@@ -492,5 +503,5 @@ def test_bad_options_are_one_line_and_exit_2(emu, capsys, tmp_path, argv):
 
 def test_an_output_folder_that_cannot_be_created_is_one_line(emu, capsys, tmp_path):
     (tmp_path / "file").write_text("x")
-    code, out, err = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path / "file" / "out"))
+    code, _out, err = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path / "file" / "out"))
     assert code == 2 and err.count("\n") == 1 and "cannot create" in err

@@ -141,7 +141,7 @@ def test_menu_answers() -> None:
     for bad in ("", "0", "6", "P", "1 x"):
         with pytest.raises(UsageError):
             parse_answer(bad, projects)
-    menu = format_menu(projects + ["LONGPROJECT"], 80)
+    menu = format_menu([*projects, "LONGPROJECT"], 80)
     assert menu.splitlines()[0].startswith("1) P1")
     assert "6) LONGPROJECT" in menu.splitlines()[1]  # five per line, like the Downloader
 

@@ -41,11 +41,14 @@ class Owner:
 
     LEVEL: ClassVar[str]
     CATEGORY: ClassVar[str] = "resources"
+    """The resource listing's ``category`` for resources held here."""
     HAS_INOUT: ClassVar[bool] = False
+    """Resources are addressed below ``/out`` or ``/in`` (assessors, reconstructions)."""
     resources: list[Resource]
 
     @property
     def project(self) -> Project:
+        """The owning (primary) project."""
         raise NotImplementedError
 
     @property
@@ -53,10 +56,21 @@ class Owner:
         """Path below ``/data`` (or below a project+subject prefix) of this object."""
         raise NotImplementedError
 
-    subject: Subject | None = None
-    session: Experiment | None = None
-    cat_id = ""
-    cat_desc = " "
+    @property
+    def subject(self) -> Subject | None:
+        return None
+
+    @property
+    def session(self) -> Experiment | None:
+        return None
+
+    @property
+    def cat_id(self) -> str:
+        return ""
+
+    @property
+    def cat_desc(self) -> str:
+        return " "
 
 
 @dataclass(eq=False)
@@ -111,7 +125,7 @@ class Subject(Owner):
         return self.owner
 
     @property
-    def subject(self) -> Subject:  # type: ignore[override]
+    def subject(self) -> Subject:
         return self
 
     @property
@@ -146,11 +160,11 @@ class Experiment(Owner):
         return self.owner
 
     @property
-    def subject(self) -> Subject:  # type: ignore[override]
+    def subject(self) -> Subject:
         return self.parent
 
     @property
-    def session(self) -> Experiment:  # type: ignore[override]
+    def session(self) -> Experiment:
         return self
 
     @property
@@ -158,7 +172,7 @@ class Experiment(Owner):
         return f"/experiments/{self.id}"
 
     @property
-    def cat_id(self) -> str:  # type: ignore[override]
+    def cat_id(self) -> str:
         return self.id
 
     @property
@@ -174,8 +188,35 @@ class Experiment(Owner):
         )
 
 
+class InSession(Owner):
+    """Scans, assessors and reconstructions: addressed as ``/experiments/{E}/{category}/{id}``."""
+
+    id: str
+    parent: Experiment
+
+    @property
+    def project(self) -> Project:
+        return self.parent.owner
+
+    @property
+    def subject(self) -> Subject:
+        return self.parent.parent
+
+    @property
+    def session(self) -> Experiment:
+        return self.parent
+
+    @property
+    def rel_uri(self) -> str:
+        return f"/experiments/{self.parent.id}/{self.CATEGORY}/{self.id}"
+
+    @property
+    def cat_id(self) -> str:
+        return self.id
+
+
 @dataclass(eq=False)
-class Scan(Owner):
+class Scan(InSession):
     id: str
     type: str
     parent: Experiment
@@ -191,32 +232,12 @@ class Scan(Owner):
     CATEGORY = "scans"
 
     @property
-    def project(self) -> Project:
-        return self.parent.owner
-
-    @property
-    def subject(self) -> Subject:  # type: ignore[override]
-        return self.parent.parent
-
-    @property
-    def session(self) -> Experiment:  # type: ignore[override]
-        return self.parent
-
-    @property
-    def rel_uri(self) -> str:
-        return f"/experiments/{self.parent.id}/scans/{self.id}"
-
-    @property
-    def cat_id(self) -> str:  # type: ignore[override]
-        return self.id
-
-    @property
-    def cat_desc(self) -> str:  # type: ignore[override]
+    def cat_desc(self) -> str:
         return self.type
 
 
 @dataclass(eq=False)
-class Assessor(Owner):
+class Assessor(InSession):
     """An image assessor (QC, FreeSurfer...): an experiment of its own, attached to a session."""
 
     id: str
@@ -234,32 +255,12 @@ class Assessor(Owner):
     HAS_INOUT = True
 
     @property
-    def project(self) -> Project:
-        return self.parent.owner
-
-    @property
-    def subject(self) -> Subject:  # type: ignore[override]
-        return self.parent.parent
-
-    @property
-    def session(self) -> Experiment:  # type: ignore[override]
-        return self.parent
-
-    @property
-    def rel_uri(self) -> str:
-        return f"/experiments/{self.parent.id}/assessors/{self.id}"
-
-    @property
-    def cat_id(self) -> str:  # type: ignore[override]
-        return self.id
-
-    @property
-    def cat_desc(self) -> str:  # type: ignore[override]
+    def cat_desc(self) -> str:
         return self.xsi_type.split(":")[-1]
 
 
 @dataclass(eq=False)
-class Reconstruction(Owner):
+class Reconstruction(InSession):
     id: str
     type: str
     parent: Experiment
@@ -273,27 +274,7 @@ class Reconstruction(Owner):
     HAS_INOUT = True
 
     @property
-    def project(self) -> Project:
-        return self.parent.owner
-
-    @property
-    def subject(self) -> Subject:  # type: ignore[override]
-        return self.parent.parent
-
-    @property
-    def session(self) -> Experiment:  # type: ignore[override]
-        return self.parent
-
-    @property
-    def rel_uri(self) -> str:
-        return f"/experiments/{self.parent.id}/reconstructions/{self.id}"
-
-    @property
-    def cat_id(self) -> str:  # type: ignore[override]
-        return self.id
-
-    @property
-    def cat_desc(self) -> str:  # type: ignore[override]
+    def cat_desc(self) -> str:
         return self.type
 
 

@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="fraction of requests answered 5xx")
     parser.add_argument("--session-timeout", default="900", metavar="SECONDS",
                         help="idle seconds before a session expires (default 900)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(run=run)
     return parser
 
 

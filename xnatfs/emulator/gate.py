@@ -38,6 +38,8 @@ class Visitor:
 
 
 class Gate:
+    """Decides who a request comes from, and answers the endpoints that log in and out."""
+
     def __init__(self, auth: Auth, config: EmulatorConfig) -> None:
         self.auth = auth
         self.config = config

@@ -27,7 +27,6 @@ from xnatfs.emulator.archive import (
 )
 
 Row = dict[str, str]
-PAGEABLE = {"subjects", "experiments", "all_subjects", "all_experiments"}
 _NOT_FILTERS = {"format", "columns", "limit", "offset", "sortby", "sortorder", "all"}
 
 PROJECT_COLUMNS = ["ID", "secondary_ID", "name", "description", "pi_firstname", "pi_lastname"]

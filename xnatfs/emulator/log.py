@@ -30,7 +30,8 @@ class Record:
     """Body bytes handed to the socket (chunk framing and headers excluded)."""
     user: str | None = None
     kind: str = "other"
-    """What was served: listing, item, file, zip, auth, page, error, other."""
+    """What was served: listing, item (a single object), file, zip, auth (login, session,
+    token and the 401/302 turn-aways), page (HTML pages), error (404s and the like), other."""
     fault: str | None = None
     """The injected fault, if any: error, truncate, reset, stall, timeout."""
 

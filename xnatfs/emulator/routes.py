@@ -47,8 +47,6 @@ class Scope:
     through project and subject."""
     project: Project | None = None
     """The project the request went through, whose labels the answer uses."""
-    catalog: bool = False
-    """``.../resources/{r}`` itself (the catalogue), not its files."""
 
     def base(self, resource: Resource) -> str:
         owner = resource.owner
@@ -292,7 +290,6 @@ class Router:
         scope.resources = [r for r in resources if r.label in keys or str(r.id) in keys]
         scope.single = len(scope.resources) == 1
         if len(rest) == 1:
-            scope.catalog = True
             return Target("catalog", scope=scope)
         if rest[1] != "files":
             raise not_found()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import struct
@@ -31,9 +32,9 @@ from xnatfs.emulator.transfer import Abort, BodyWriter, Plan, Response
 from xnatfs.emulator.views import View
 
 logger = logging.getLogger(__name__)
+DATA_KINDS = frozenset({"listing", "item", "file", "zip"})
 AUTH_KINDS = {"jsession", "services_auth", "auth", "token_issue", "token_validate",
               "token_invalidate"}
-FAULTABLE = {"listing", "item", "file", "zip"}
 
 
 class Emulator:
@@ -49,8 +50,8 @@ class Emulator:
         self.log = RequestLog()
         self.host = host
         self.port = port
-        self.bandwidth = TokenBucket(lambda: self.config.bandwidth)
-        self.stopping = threading.Event()
+        self._bandwidth = TokenBucket(lambda: self.config.bandwidth)
+        self._stopping = threading.Event()
         self._rng = random.Random(self.config.seed)
         self._rng_lock = threading.Lock()
         self._server: _Server | None = None
@@ -64,6 +65,8 @@ class Emulator:
     @config.setter
     def config(self, config: EmulatorConfig) -> None:
         self._config = self.auth.config = self.gate.config = config
+        with self._rng_lock:
+            self._rng.seed(config.seed)
 
     @property
     def url(self) -> str:
@@ -74,7 +77,7 @@ class Emulator:
         """Listen (on ``port``, else the port of the previous run, else a free one)."""
         if self._server is not None:
             return self.url
-        self.stopping = threading.Event()
+        self._stopping = threading.Event()
         server = _Server((self.host, self.port if port is None else port), self)
         self.port = server.server_address[1]
         self._server = server
@@ -88,7 +91,7 @@ class Emulator:
         server, self._server = self._server, None
         if server is None:
             return
-        self.stopping.set()
+        self._stopping.set()
         server.shutdown()
         server.server_close()
         server.cut_connections()
@@ -104,12 +107,13 @@ class Emulator:
         """Expire every JSESSIONID now, without waiting for ``session_timeout``."""
         self.auth.expire_sessions()
 
-    def draw(self) -> tuple[float, float, float]:
+    def _draw(self) -> tuple[float, float, float]:
         """Three seeded draws per request: error, body fault, fault position."""
         with self._rng_lock:
             return self._rng.random(), self._rng.random(), self._rng.random()
 
-    def shuffler(self) -> random.Random:
+    def _shuffler(self) -> random.Random:
+        """A generator for one listing's row order, seeded from the main one."""
         with self._rng_lock:
             return random.Random(self._rng.random())
 
@@ -194,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("emulator failed on %s %s", self.command, self.path)
             response = _error_response(HttpError(500, "Internal Server Error"))
         record.user = visitor.user
-        draws = emulator.draw()
+        draws = emulator._draw()
         self._delay_and_fail(response, record, draws)
         plan = self._plan(response, record, draws)
         try:
@@ -216,8 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
             return emulator.gate.endpoint(target, self.command, admitted, body), admitted
         if self.command not in ("GET", "HEAD"):
             raise HttpError(405, "Method Not Allowed")
-        view = View(emulator.archive, emulator.config, admitted.user, query, headers,
-                    emulator.shuffler())
+        shuffle = emulator._shuffler() if emulator.config.shuffle_rows else None
+        view = View(emulator.archive, emulator.config, admitted.user, query, headers, shuffle)
         response = view.render(target)
         if response.chunked and headers.get("range") and _open_range(headers["range"]):
             raise HttpError(500, "The end index cannot be computed")  # Restlet on streams
@@ -240,12 +244,13 @@ class _Handler(BaseHTTPRequestHandler):
         delay = config.latency + (config.listing_delay if response.kind == "listing" else 0.0)
         error_draw, _, position = draws
         if config.proxy_timeout is not None and delay > config.proxy_timeout:
-            emulator.stopping.wait(config.proxy_timeout)
+            emulator._stopping.wait(config.proxy_timeout)
             _become(response, 504, pages.proxy_error(504))
             record.fault = "timeout"
         elif delay > 0:
-            emulator.stopping.wait(delay)
-        if record.fault is None and error_draw < config.error_rate:
+            emulator._stopping.wait(delay)
+        hit = config.fault_kinds is None or response.kind in config.fault_kinds
+        if record.fault is None and error_draw < config.error_rate and hit:
             status = (500, 502, 503, 504)[int(position * 4) % 4]
             body = (pages.restlet_status(500, "Internal Server Error") if status == 500
                     else pages.proxy_error(status))
@@ -256,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
         config = self.server.emulator.config
         _, draw, position = draws
         size = response.body_size
-        if record.fault or self.command == "HEAD" or response.kind not in FAULTABLE or size < 1:
+        if record.fault or self.command == "HEAD" or not _faultable(response, config) or size < 1:
             return Plan()
         at = int(position * size)
         if draw < config.truncate_rate:
@@ -294,8 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace"))
         if head or response.status == 304:
             return
-        buckets = [self.server.emulator.bandwidth, self.conn_bucket]
-        writer = BodyWriter(self.connection, record, plan, buckets, self.server.emulator.stopping,
+        buckets = [self.server.emulator._bandwidth, self.conn_bucket]
+        writer = BodyWriter(self.connection, record, plan, buckets, self.server.emulator._stopping,
                             chunked)
         if response.content is not None:
             writer.send_file(response.content, response.start, response.length)
@@ -312,9 +317,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if reset:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.rfile.close()
-            self.wfile.close()
-            self.connection.close()
+            # Close the descriptor itself: the handler's file objects would otherwise keep it
+            # open, and the later orderly shutdown would send FIN before the RST.
+            os.close(self.connection.detach())
 
 
 def _canonical(path: str) -> str:
@@ -344,6 +349,11 @@ def _become(response: Response, status: int, body: bytes) -> None:
     response.status, response.body, response.kind = status, body, "error"
     response.headers = [("Content-Type", "text/html")]
     response.content, response.zip_entries, response.chunked, response.length = None, None, False, 0
+
+
+def _faultable(response: Response, config: EmulatorConfig) -> bool:
+    """May this body be truncated, reset or stalled?"""
+    return response.kind in (config.fault_kinds or DATA_KINDS)
 
 
 def _reason(status: int) -> str:

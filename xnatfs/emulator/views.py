@@ -1,17 +1,18 @@
 """Turning an archive target into an answer: listings, single items, and the site pages.
 
-One function per target kind, picked by ``render``. Authentication endpoints live in the
-server, since they change security state; file bodies live in ``downloads``.
+One method per target kind, picked by ``render``. The endpoints that change security state
+(login, sessions, tokens) live in ``gate``; file bodies and zips in ``downloads``.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from functools import cache
 from importlib import resources as package_data
 
 from xnatfs.emulator import downloads, listings, pages
-from xnatfs.emulator.archive import Archive, Assessor, Reconstruction, Scan
+from xnatfs.emulator.archive import EPOCH, Archive, Assessor, Reconstruction, Scan
 from xnatfs.emulator.knobs import EmulatorConfig
 from xnatfs.emulator.listings import table
 from xnatfs.emulator.routes import HttpError, Target
@@ -31,13 +32,14 @@ class View:
     """Renders targets for one request."""
 
     def __init__(self, archive: Archive, config: EmulatorConfig, user: str | None,
-                 query: dict[str, str], headers: dict[str, str], rng: random.Random) -> None:
+                 query: dict[str, str], headers: dict[str, str],
+                 shuffle: random.Random | None) -> None:
         self.archive = archive
         self.config = config
         self.user = user
         self.query = query
         self.headers = headers
-        self.rng = rng
+        self.shuffle = shuffle
 
     def render(self, target: Target) -> Response:
         handler: Callable[[Target], Response] = getattr(self, f"_{target.kind}")
@@ -46,9 +48,8 @@ class View:
     def _listing(self, rows: list[listings.Row], defaults: list[str], *, pageable: bool = False,
                  always: tuple[str, ...] = ("URI",), title: str | None = None,
                  query: dict[str, str] | None = None) -> Response:
-        rng = self.rng if self.config.shuffle_rows else None
         document = table(rows, self.query if query is None else query, defaults,
-                         always=always, pageable=pageable, rng=rng, title=title)
+                         always=always, pageable=pageable, rng=self.shuffle, title=title)
         return downloads.json_response(document)
 
     def _item(self, xsi_type: str, inserted: float, fields: dict[str, object],
@@ -143,7 +144,7 @@ class View:
     def _project(self, target: Target) -> Response:
         p = target.project
         assert p is not None
-        return self._item("xnat:projectData", 0.0, {
+        return self._item("xnat:projectData", EPOCH, {
             "ID": p.id, "secondary_ID": p.secondary_id, "name": p.name,
             "description": p.description}, p.id)
 
@@ -208,8 +209,7 @@ class View:
     def _schema(self, target: Target) -> Response:
         if target.path != "xnat":
             raise HttpError(404, "Not Found")
-        xsd = package_data.files("xnatfs.emulator").joinpath("data/xnat.xsd").read_bytes()
-        return Response(200, [("Content-Type", "application/xml")], xsd)
+        return Response(200, [("Content-Type", "application/xml")], _xnat_xsd())
 
     def _search_elements(self, target: Target) -> Response:
         rows = [{"ELEMENT_NAME": name, "PLURAL": "", "SINGULAR": "", "SECURED": "true"}
@@ -224,6 +224,13 @@ class View:
                  "REQUIRES_VALUE": "false", "DESC": "", "ELEMENT_NAME": target.path or "",
                  "SRC": "0"} for f in fields]
         return self._listing(rows, list(rows[0]), always=())
+
+
+@cache
+def _xnat_xsd() -> bytes:
+    """XNAT 1.7's xnat.xsd, with ``xdat:LONGVARCHAR`` made ``xs:string`` so that it stands
+    alone (xnatpy builds its classes from it and must resolve every type)."""
+    return package_data.files("xnatfs.emulator").joinpath("data/xnat.xsd").read_bytes()
 
 
 def _text(text: str) -> Response:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from xnatfs.tree.model import Tree
 
 DEFAULT_JOBS = 8
+LISTING_TIMEOUT = 300.0  # a listing of a large session may take minutes to start (xnatpy: 300)
 EPILOG = """\
 DIR holds every file at its tree path, as the mount shows it: `materialize URL P1/S1 -o out`
 gives out/P1/S1/... (the same as `cd MOUNT && cp -r --parents P1/S1 out/`), so several runs,
@@ -79,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="download every file again, even when present")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--timeout", default="60", metavar="SECONDS",
-                   help="give up on a silent connection after this long, then retry "
-                        "(default 60)")
+                   help="give up on a transfer silent for this long, then retry (default 60; "
+                        "listings may take at least 300)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="the mount's chunk cache: chunks found there are copied, not "
                         "downloaded (only read; default: the mount's default cache)")
@@ -123,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
                          "xnatfs materialize URL PROJECT[/SUBJECT/...] -o DIR")
     output = Output(args.output, create=not args.dry_run)
     pool = jobs + listing_threads(jobs) + 4
-    with open_client(args, url, pool_size=pool, read_timeout=timeout) as client:
+    with open_client(args, url, pool_size=pool, read_timeout=timeout,
+                     listing_timeout=max(timeout, LISTING_TIMEOUT)) as client:
         tree = Tree(client)
         if not paths:
             paths = choose_projects(sorted(tree.children(tree.root)), out=sys.stderr)

@@ -351,7 +351,7 @@ class _FileJob:
             return
         self.failed = True
         self.pending.clear()
-        if self.part.offset:
+        if self.part.offset and not is_digest_mismatch(exc):
             self.part.close()  # kept: the next run continues it
         else:
             self.part.discard()

@@ -19,11 +19,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from xnatfs.errors import AuthError, ConnectError, ServerError, UsageError, XnatfsError
 from xnatfs.tree.model import Context, Node, RemoteFile, Tree, parse_time, split_path
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 # A session's folder comes from several listings, any of which a flaky proxy may cut short;
 # the client retries 5xx and refused connections, this retries the whole folder.
 LISTING_RETRY_PAUSES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -220,6 +222,17 @@ class Selection:
     shard: Shard = Shard(1, 1)
 
 
+def _patiently(listing: Callable[[], T], path: str) -> T:
+    """``listing()``, tried again after a network failure or a 5xx (listings are idempotent)."""
+    for pause in LISTING_RETRY_PAUSES:
+        try:
+            return listing()
+        except (ConnectError, ServerError) as exc:  # a cut body, a reset, a 5xx burst
+            log.info("listing %s failed (%s); trying again", path or "/", exc)
+            time.sleep(pause)
+    return listing()
+
+
 def normalise_path(path: str) -> str:
     """``/P1//S1/`` → ``P1/S1``; ``.`` and ``..`` are not tree names, so they are refused."""
     parts = split_path(path)
@@ -252,7 +265,7 @@ class Planner:
         paths = sorted({normalise_path(p) for p in self.selection.paths})
         kept = [p for p in paths
                 if not any(p != q and (not q or p.startswith(q + "/")) for q in paths)]
-        return [(p, self.tree.lookup(p)) for p in kept]
+        return [(p, _patiently(lambda p=p: self.tree.lookup(p), p)) for p in kept]
 
     def run(self, roots: list[tuple[str, Node]]) -> None:
         """Walk ``roots``; returns when everything below them is listed and emitted.
@@ -284,15 +297,7 @@ class Planner:
 
     def _list(self, path: str, node: Node) -> None:
         try:
-            for pause in (*LISTING_RETRY_PAUSES, None):
-                try:
-                    self.tree.children(node)
-                    break
-                except (ConnectError, ServerError) as exc:  # a cut body or a 5xx burst
-                    if pause is None:
-                        raise
-                    log.info("listing %s failed (%s); trying again", path or "/", exc)
-                    time.sleep(pause)
+            _patiently(lambda: self.tree.children(node), path)
             self._expand(path, node)
         except AuthError as exc:
             self.cancel(exc)

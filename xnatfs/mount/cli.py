@@ -29,7 +29,7 @@ from xnatfs.xnat.client import XnatClient
 
 log = logging.getLogger(__name__)
 
-READ_AHEAD_KB = int(os.environ.get("RA_KB", 16 << 10))  # kernel readahead per mount when root may set it (default 128 KiB)
+READ_AHEAD_KB = 8 << 10  # kernel readahead of the mount, where root may set it (default 128)
 DEMO_USER, DEMO_PASSWORD = "demo", "demo"
 # Idle threads are never retired: see fs._keep_thread_state. (libfuse 3.14 also warns about
 # its own default for max_idle_threads unless it is given.)

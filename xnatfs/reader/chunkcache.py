@@ -106,7 +106,10 @@ class ChunkCache:
         # An empty file is a valid SQLite database; creating it 0600 first makes SQLite create
         # its -wal and -shm files 0600 too (they copy the database file's mode).
         os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
-        settings = {"size_limit": max(self._limit, 0), "eviction_policy": "least-recently-used"}
+        # cull_limit 2: an insert adds one chunk, so evicting two at most keeps the cache full
+        # (diskcache's default of ten throws out more than needed).
+        settings = {"size_limit": max(self._limit, 0), "eviction_policy": "least-recently-used",
+                    "cull_limit": 2}
         try:
             return diskcache.Cache(self.directory, disk=_PrivateDisk, **settings)
         except sqlite3.DatabaseError as exc:

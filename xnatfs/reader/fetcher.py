@@ -13,10 +13,13 @@ Contract (stable; other front ends code against it)
     Range (200 instead of 206), the file is streamed once from byte 0 and every chunk of it is
     kept (in the disk cache when there is one, even with ``store=False``, so the next chunk is
     not streamed again); waiting callers are served from that stream. Short bodies, wrong
-    Content-Range, 5xx, connection errors and MD5 mismatches are retried with backoff, a bounded
-    number of times within a deadline, then raised as an XnatfsError (``.errno`` is EIO). 403/404
-    and refused credentials are raised at once. ``store=False`` keeps the chunk out of both caches
-    (for callers that write the bytes out themselves).
+    Content-Range, 5xx and MD5 mismatches are retried with backoff, a bounded number of times
+    within a deadline, then raised as an XnatfsError (``.errno`` is EIO). 403/404 and refused
+    credentials are raised at once. Once the server cannot be reached (the client has retried
+    the connection already), fetches fail at once, except one probe a second, until it answers:
+    a dead server costs each reader an immediate EIO, not minutes. Cached chunks are still
+    served. ``store=False`` keeps the chunk out of both caches (for callers that write the
+    bytes out themselves).
 ``cached(file, index) -> bytes | None``
     The chunk if memory or the disk cache has it (checked); never touches the network.
 ``prefetch(file, first, last) -> Future``
@@ -52,6 +55,7 @@ from xnatfs.xnat.client import Body, XnatClient
 log = logging.getLogger(__name__)
 
 RETRYABLE = (IntegrityError, ServerError, ConnectError)
+PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be reached
 MAX_DIGESTS = 8  # files whose MD5 is being computed at once (each holds chunks pending)
 FileKey = tuple[str, str]
 Key = tuple[str, str, int]
@@ -149,6 +153,8 @@ class Fetcher:
         self._inflight: dict[Key, Future[bytes]] = {}
         self._digests: LRUCache[FileKey, _Digest] = LRUCache(MAX_DIGESTS)
         self._suspect: set[FileKey] = set()
+        self._unreachable = False
+        self._next_probe = 0.0
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="xnatfs-fetch")
 
     # -- geometry ------------------------------------------------------------------------
@@ -172,7 +178,8 @@ class Fetcher:
             try:
                 return self._chunk_once(file, index, store)
             except RETRYABLE as exc:
-                if attempt >= self.retries or time.monotonic() + delay > deadline:
+                if attempt >= self.retries or time.monotonic() + delay > deadline \
+                        or self._unreachable:
                     raise
                 log.info("retrying %s chunk %d after: %s", file.uri, index, exc)
                 time.sleep(delay)
@@ -221,7 +228,6 @@ class Fetcher:
             return future.result()
         data = self.cache.get(file, index) if self.cache is not None else None
         if data is None:
-            log.warning("DEBUG demand fetch %d contains=%s", index, self.cache.contains(file, index) if self.cache else None)
             self._fetch(file, index, index, {index: mine}, store, detach=True)
             return mine.result()
         if store:
@@ -264,12 +270,20 @@ class Fetcher:
         a whole-file body is left to a thread once our chunks are delivered."""
         body = None
         try:
+            self._may_connect()
             whole = self.chunk_count(file) == 1 or _file_key(file) in self._suspect
-            if whole:
-                body = self.client.open_file(file.uri)
-            else:
-                end = self.chunk_bounds(file, last)[1]
-                body = self.client.open_file(file.uri, first * self.chunk_size, end)
+            try:
+                if whole:
+                    body = self.client.open_file(file.uri)
+                else:
+                    end = self.chunk_bounds(file, last)[1]
+                    body = self.client.open_file(file.uri, first * self.chunk_size, end)
+            except ConnectError:
+                with self._lock:
+                    self._unreachable = True
+                    self._next_probe = time.monotonic() + PROBE_INTERVAL
+                raise
+            self._unreachable = False
             transfer = _Transfer(self, file, body, claims, store)
         except BaseException as exc:
             self._fail(file, claims, exc)
@@ -280,6 +294,17 @@ class Fetcher:
             threading.Thread(target=transfer.run, name="xnatfs-stream", daemon=True).start()
         else:
             transfer.run()
+
+    def _may_connect(self) -> None:
+        """While the server is unreachable, let one request a second through to probe it."""
+        if not self._unreachable:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if now >= self._next_probe:
+                self._next_probe = now + PROBE_INTERVAL
+                return
+        raise ConnectError(f"{self.client.base_url} is unreachable (trying again every second)")
 
     def _deliver(
         self, file: RemoteFile, index: int, data: bytes, claims: dict[int, Future[bytes]], *,

@@ -6,8 +6,9 @@ continues the previous one opens it to one chunk, and each later step into a new
 it, up to a cap. A seek resets it to zero and cancels the fetches that have not started.
 
 Kernel readahead sends several reads at once through several FUSE threads, so they arrive
-slightly out of order; a read within ``tolerance`` of the furthest point reached still counts as
-sequential (mountpoint-s3 tolerates 1 MiB back and 16 MiB forward for the same reason).
+slightly out of order; a read within ``tolerance`` chunks of the furthest point reached still
+counts as sequential (four chunks, 16 MiB: twice the kernel readahead the mount sets, and
+mountpoint-s3's forward tolerance for the same reason).
 
 Chunks ahead are fetched in spans of several chunks per request, about ``streams`` spans in
 flight at once: a high-latency link keeps several requests going, while loopback is not flooded
@@ -25,7 +26,7 @@ from xnatfs.tree.model import RemoteFile
 
 MAX_WINDOW = 32  # chunks ahead at most: 128 MiB with 4 MiB chunks
 STREAMS = 4  # requests in flight per sequential reader, once the window is open
-TOLERANCE = 16 << 20
+TOLERANCE = 4  # chunks
 
 
 class Readahead:
@@ -39,7 +40,7 @@ class Readahead:
         self.file = file
         self.max_window = max_window
         self.streams = streams
-        self.tolerance = tolerance
+        self.tolerance = tolerance * fetcher.chunk_size
         self.window = 0
         self._last_chunk = fetcher.chunk_count(file) - 1
         self._end: int | None = None  # furthest byte read so far

@@ -198,7 +198,9 @@ class XnatClient:
 
     def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
         try:
-            return self.session.request(method, self.url(path), **kw)
+            # verify passed on each request: requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
+            # in the environment override a session's verify=False (so --insecure did nothing)
+            return self.session.request(method, self.url(path), verify=self.session.verify, **kw)
         except requests.exceptions.SSLError:
             raise ConnectError(
                 f"TLS certificate check failed for {self.base_url} (use --insecure to skip it)"

@@ -14,7 +14,7 @@ It prints wall time, rate, the ratio to the physical limit (bytes / emulated ban
 peak RSS of each. Usage (defaults: about 3200 x 64 KiB + 4 x 200 MiB)::
 
     .venv/bin/python scripts/bench_materialize.py [--profiles loopback,wan]
-        [--latency 0.02] [--bandwidth 64M] [--dicoms 200] [--large-size 200M] [-j 8]
+        [--latency 0.02] [--bandwidth 64M] [--dicoms 200] [--large-size 200M] [-j N]
         [--no-xnatpy]
 
 Shrink it with e.g. ``--subjects 1 --dicoms 50 --large-size 32M``.
@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--dicoms", type=int, default=200, help="small files per scan")
     parser.add_argument("--dicom-size", default="64K")
     parser.add_argument("--large-size", default="200M", help="one large file per session")
-    parser.add_argument("-j", "--jobs", default="8", help="materialize -j (default 8)")
+    parser.add_argument("-j", "--jobs", help="materialize -j (default: its own)")
     parser.add_argument("--no-xnatpy", action="store_true", help="time materialize only")
     args = parser.parse_args()
 
@@ -192,13 +192,14 @@ def timed(name: str, argv: list[str], target: str, env: dict[str, str] | None = 
 ENV = {**os.environ, "XNAT_USER": USER, "XNAT_PASS": PASSWORD}
 
 
-def materialize(url: str, jobs: str) -> Timing:
+def materialize(url: str, jobs: str | None) -> Timing:
     target = tempfile.mkdtemp(prefix="bench-materialize-")
     env = {**ENV, "XDG_CACHE_HOME": os.path.join(target, ".no-cache")}  # no mount cache
     try:
         timing, out = timed("xnatfs materialize", [
             sys.executable, "-m", "xnatfs", "materialize", url, "PROJ01", "-o",
-            os.path.join(target, "out"), "-j", jobs, "--json"], os.path.join(target, "out"), env)
+            os.path.join(target, "out"), "--json", *(["-j", jobs] if jobs else [])],
+            os.path.join(target, "out"), env)
         timing.ok = timing.ok and json.loads(out)["ok"]
         return timing
     finally:

@@ -238,9 +238,10 @@ def tree_path(emu: Emulator, uri: str) -> str:
 
 
 def curl_get(emu: Emulator, uris: list[str]) -> tuple[list[str], str]:
-    """One curl process, one connection, the files one after the other: command and input."""
+    """One curl process, one connection and one session cookie (XNAT caps sessions per
+    user), the files one after the other: the command and its input."""
     config = "".join(f'url = "{emu.url}{quote(u)}"\noutput = "/dev/null"\n' for u in uris)
-    return ["curl", "-sf", "-u", f"{USER}:{PASSWORD}", "-K", "-"], config
+    return ["curl", "-sf", "-b", "/dev/null", "-u", f"{USER}:{PASSWORD}", "-K", "-"], config
 
 
 def dd(path: Path) -> list[str]:

@@ -336,6 +336,23 @@ def test_a_digest_mismatch_is_a_failure_not_a_file(capsys, tmp_path, monkeypatch
     assert summary["downloaded"] == summary["selected"] - 2
 
 
+def test_a_large_file_comes_in_parallel_ranges_written_in_order(capsys, tmp_path, monkeypatch):
+    archive = synthetic_archive(SyntheticSpec(projects=1, subjects=1, sessions=1, scans=1,
+                                              dicoms=3, niftis=1, nifti_size=10 * CHUNK_SIZE - 1,
+                                              seed=6))
+    monkeypatch.setenv("XNAT_USER", "alice")
+    monkeypatch.setenv("XNAT_PASS", "secret")
+    with Emulator(archive, EmulatorConfig(latency=0.01), users=USERS) as emu:
+        code, _, _ = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path), "-j", "8")
+        assert code == 0
+        assert_same_as_tree(emu, archive, tmp_path, "PROJ01")
+        big = next(f for f in archive.files() if f.size > CHUNK_SIZE)
+        ranges = sorted(r.range for r in file_requests(emu) if r.path == uri_path(big.uri))
+    size = big.size
+    assert ranges == sorted(f"bytes={i * CHUNK_SIZE}-{min((i + 1) * CHUNK_SIZE, size) - 1}"
+                            for i in range(10))
+
+
 def test_chunks_in_the_mount_cache_are_copied_not_downloaded(emu, archive, capsys, tmp_path):
     path = "PROJ01/S001/S001_MR2/scans/2-T2w/resources/NIFTI/files/2_T2w.nii.gz"
     tree = tree_of(emu)

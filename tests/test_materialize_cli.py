@@ -124,6 +124,26 @@ def test_kill_9_then_rerun_continues_and_skips_verified_files(emu, server, tmp_p
             assert ranges and all(r and int(r[6:].split("-")[0]) >= resume_at for r in ranges)
 
 
+def test_ctrl_c_reports_what_was_done_and_a_rerun_completes(emu, server, tmp_path):
+    want = expected(emu, server[1], "PROJ02")
+    out = tmp_path / "out"
+    emu.config.bandwidth = 6e6
+    child = subprocess.Popen([*COMMAND, emu.url, "PROJ02", "-o", str(out)], env=env(**CREDS),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not [p for p in out.rglob("*.dcm")]:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130
+    lines = err.strip().splitlines()
+    assert lines[-1] == "xnatfs: interrupted" and "not finished" in lines[-2]
+    emu.config.bandwidth = None
+    assert subprocess.run([*COMMAND, emu.url, "PROJ02", "-o", str(out)], env=env(**CREDS),
+                          capture_output=True, timeout=60).returncode == 0
+    assert_complete(out, want)
+
+
 class Terminal:
     """A child process on a pseudo-terminal, driven like a user at a keyboard."""
 

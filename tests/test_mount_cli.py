@@ -90,6 +90,20 @@ def test_mount_point_problems_are_one_line(emulator: Emulator, mount: Callable[.
     assert nothing.returncode == 2 and "nothing is mounted" in one_line(nothing.stderr)
 
 
+@needs_fuse
+def test_project_filter_and_unusable_cache_folder(emulator: Emulator, mount: Callable[..., Mount],
+                                                  tmp_path: Path) -> None:
+    m = mount(emulator, "--project", "PROJ02")
+    assert os.listdir(m.path) == ["PROJ02"]
+    (tmp_path / "file").write_text("x")
+    point = tmp_path / "mnt"
+    point.mkdir()
+    done = xnatfs("mount", emulator.url, str(point), "-u", "alice", "-f",
+                  "--cache-dir", str(tmp_path / "file" / "cache"))
+    assert done.returncode == 1 and "cannot use the cache folder" in one_line(done.stderr)
+    assert not is_mounted(str(point))
+
+
 def test_help_works_and_mount_explains_without_libfuse(tmp_path: Path) -> None:
     env = {**os.environ, "FUSE_LIBRARY_PATH": str(tmp_path / "libfuse-missing.so")}
     helped = subprocess.run([sys.executable, "-m", "xnatfs", "--help"], env=env,

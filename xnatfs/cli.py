@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from typing import NoReturn
 
 from xnatfs import __version__
 from xnatfs.errors import XnatfsError
@@ -24,8 +25,15 @@ COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error (subcommand parsers inherit this)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="xnatfs",
         description="XNAT as a read-only filesystem (mount), and fast resumable bulk "
                     "downloads (materialize).")

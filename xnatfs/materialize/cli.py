@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from xnatfs.materialize.plan import Selection
     from xnatfs.tree.model import Tree
 
-DEFAULT_JOBS = 8
+DEFAULT_JOBS = 16
 LISTING_TIMEOUT = 300.0  # a listing of a large session may take minutes to start (xnatpy: 300)
 EPILOG = """\
 DIR holds every file at its tree path, as the mount shows it: `materialize URL P1/S1 -o out`

@@ -3,8 +3,10 @@
 * Listing runs on its own few threads (``Planner``) and feeds files to the transfer workers as
   soon as their session is listed, so a high-latency server is never idle while we list.
 * ``-j N`` transfer workers take tasks from one priority queue: chunks of files already started
-  first, then new files, so few files are open at a time and memory stays bounded by about
-  ``(jobs + window) * chunk size``, whatever the file sizes.
+  first, then new files. A large file keeps a few chunks in flight while other files wait to
+  start (so small files, which are bound by latency, fill the pipe around it), and up to
+  ``MAX_WINDOW`` when nothing else waits. Memory stays bounded by about ``jobs * window * chunk
+  size``, whatever the file sizes.
 * Every byte comes through the shared ``Fetcher`` (chunk cache first, ranged GETs, bounded
   retries): a small file is one request; a large file's chunks are fetched by several workers
   at once and written in order, hashed as they arrive, so the part file is always a valid
@@ -21,8 +23,10 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from xnatfs.errors import AuthError, ConnectError, IntegrityError, ServerError, XnatfsError
 from xnatfs.materialize.download import (
@@ -41,7 +45,7 @@ from xnatfs.tree.model import RemoteFile, Tree
 log = logging.getLogger(__name__)
 
 CHUNK_FIRST, NEW_FILE, LAST = 0, 1, 2  # task priorities
-MAX_WINDOW = 16  # chunks of one file in flight or waiting to be written (the fetcher's MD5 limit)
+MAX_WINDOW = 8  # chunks of one file in flight or waiting to be written, at most
 TRANSIENT = (ConnectError, ServerError, IntegrityError)
 Task = Callable[[], None]
 
@@ -55,6 +59,7 @@ class Workers:
                  on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self._queue: queue.PriorityQueue[tuple[int, int, Task]] = queue.PriorityQueue()
         self._seq = itertools.count()
+        self._waiting: Counter[int] = Counter()  # queued tasks by priority
         self._busy = 0
         self._idle = threading.Condition()
         self._on_fatal = on_fatal
@@ -66,7 +71,13 @@ class Workers:
     def submit(self, priority: int, task: Task) -> None:
         with self._idle:
             self._busy += 1
+            self._waiting[priority] += 1
         self._queue.put((priority, next(self._seq), task))
+
+    def waiting(self, priority: int) -> int:
+        """How many tasks of this priority are queued, not yet started."""
+        with self._idle:
+            return self._waiting[priority]
 
     def stop(self, exc: BaseException) -> None:
         with self._idle:
@@ -92,9 +103,11 @@ class Workers:
 
     def _loop(self) -> None:
         while True:
-            _, _, task = self._queue.get()
+            priority, _, task = self._queue.get()
             if task is _END:
                 return
+            with self._idle:
+                self._waiting[priority] -= 1
             try:
                 if self.fatal is None:
                     task()
@@ -112,7 +125,7 @@ def _END() -> None:
 
 @dataclass(frozen=True)
 class Options:
-    jobs: int = 8
+    jobs: int = 16
     verify: bool = False
     """Check files already present against the server's MD5 (re-download on a mismatch)."""
     overwrite: bool = False
@@ -131,11 +144,13 @@ class Engine:
         self.output = output
         self.report = report
         self.options = options
-        self.window = max(1, min(options.jobs, MAX_WINDOW))
+        self.full_window = max(1, min(options.jobs, MAX_WINDOW))
+        self.shared_window = min(self.full_window, max(2, options.jobs // 4))
         self.workers = Workers(options.jobs, "xnatfs-get", on_fatal=self._abort_listing)
         self.listers = Workers(listing_threads(options.jobs), "xnatfs-list")
         self._planner: Planner | None = None
         self._transient: dict[str, PlannedFile] = {}
+        self._sizes: dict[str, int] = {}  # sizes the listing did not have
         self._lock = threading.Lock()
 
     def run(self, selection: Selection) -> None:
@@ -166,8 +181,15 @@ class Engine:
             log.info("trying %d files again in %.0f s", len(again), pause)
             time.sleep(pause)
             for planned in again:
-                self.workers.submit(NEW_FILE, lambda p=planned: self._start(p))
+                self.report.expect(self._sizes.get(planned.path, planned.file.size or 0))
+                self.workers.submit(NEW_FILE, partial(self._start, planned))
             self.workers.wait()
+
+    def window(self) -> int:
+        """Chunks one file may have in flight: a few while other files wait to start (small
+        files cover each other's latency while a large one streams), all workers when none do
+        (one large file alone, or the tail of the run)."""
+        return self.shared_window if self.workers.waiting(NEW_FILE) else self.full_window
 
     def _abort_listing(self, exc: BaseException) -> None:
         if self._planner is not None:
@@ -196,7 +218,11 @@ class Engine:
             size = self.tree.file_size(planned.node)
             if size is None:
                 raise XnatfsError("not found on the server")
-            self.report.resolved_size(size)
+            with self._lock:
+                known = planned.path in self._sizes
+                self._sizes[planned.path] = size
+            if not known:  # a retry round: already counted
+                self.report.resolved_size(size)
             remote = RemoteFile(remote.uri, size, remote.digest)
         assert remote.size is not None
         replaced = False
@@ -284,13 +310,17 @@ class _FileJob:
                     self._fail(exc)
             return
         first = self.next_fetch
-        self.next_fetch = min(self.count, first + self.engine.window)
-        for index in range(first + 1, self.next_fetch):
-            self._queue(index)
+        self.next_fetch += 1
+        with self.lock:
+            self._fill_window()
         self.fetch(first)
 
-    def _queue(self, index: int) -> None:
-        self.engine.workers.submit(CHUNK_FIRST, lambda: self.fetch(index))
+    def _fill_window(self) -> None:
+        """Queue chunks up to the window ahead of the next one to write (lock held)."""
+        window = self.engine.window()
+        while self.next_fetch < self.count and self.next_fetch - self.next_write < window:
+            self.engine.workers.submit(CHUNK_FIRST, partial(self.fetch, self.next_fetch))
+            self.next_fetch += 1
 
     def fetch(self, index: int) -> None:
         if self.failed:
@@ -316,9 +346,7 @@ class _FileJob:
             self.part.write(data)
             self.engine.report.wrote(len(data))
             self.next_write += 1
-            if self.next_fetch < self.count:
-                self._queue(self.next_fetch)
-                self.next_fetch += 1
+        self._fill_window()
         if self.next_write == self.count:
             self._finish()
 

@@ -278,7 +278,11 @@ def _mount(
     from xnatfs.tree.model import Tree
 
     _keep_buffers()
-    cache = ChunkCache(args.cache_dir, args.cache_size)
+    try:
+        cache = ChunkCache(args.cache_dir, args.cache_size)
+    except OSError as exc:
+        raise XnatfsError(f"cannot use the cache folder {exc.filename or args.cache_dir}: "
+                          f"{exc.strerror or exc}") from None
     fetcher = Fetcher(client, cache, cache.chunk_size)
     tree = Tree(client, ttl=args.ttl, projects=getattr(args, "project", None))
     before = os.stat(mountpoint).st_dev

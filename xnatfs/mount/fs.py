@@ -28,7 +28,8 @@ from xnatfs.errors import XnatfsError
 from xnatfs.mount.libfuse import mfusepy
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
-from xnatfs.tree.model import Node, Tree
+from xnatfs.reader.readahead import FolderAhead
+from xnatfs.tree.model import Node, Tree, split_path
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class XnatFS(mfusepy.Operations):
     ) -> None:
         self.tree = tree
         self.fetcher = fetcher
+        self.folder_ahead = FolderAhead(fetcher)
         self.on_init = on_init
         self.uid, self.gid = os.getuid(), os.getgid()
         self._handles: dict[int, tuple[FileHandle, dict[str, int]]] = {}
@@ -171,6 +173,8 @@ class XnatFS(mfusepy.Operations):
                 raise mfusepy.FuseOSError(errno.ENOENT)
             file = replace(file, size=size)
         handle = FileHandle(self.fetcher, file)
+        folder = "/".join(split_path(path)[:-1])
+        self.folder_ahead.opened(folder, self.tree.listdir(folder), node.file)
         with self._lock:
             fi.fh = next(self._ids)
             self._handles[fi.fh] = (handle, self._attrs(node))

@@ -13,6 +13,11 @@ mountpoint-s3's forward tolerance for the same reason).
 Chunks ahead are fetched in spans of several chunks per request, about ``streams`` spans in
 flight at once: a high-latency link keeps several requests going, while loopback is not flooded
 with small ones. The fetcher's pool bounds the total across all open files.
+
+``FolderAhead`` does the same across the files of a folder: ``cp -r``, ``tar``, ``rsync`` and
+``md5sum *`` open files one at a time in listing order, so each small file would cost a whole
+round trip while the next waits. Once two files of a folder are opened in order, the next
+``FILES_AHEAD`` are fetched (their first chunk) in parallel; a jump elsewhere stops it.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import threading
 from collections import deque
 from concurrent.futures import Future
 
+from cachetools import LRUCache
+
 from xnatfs.reader.fetcher import Fetcher
-from xnatfs.tree.model import RemoteFile
+from xnatfs.tree.model import Children, RemoteFile
 
 MAX_WINDOW = 32  # chunks ahead at most: 128 MiB with 4 MiB chunks
-STREAMS = 4  # requests in flight per sequential reader, once the window is open
+STREAMS = 8  # requests in flight per sequential reader, once the window is open
 TOLERANCE = 4  # chunks
+FILES_AHEAD = 16  # files of a folder fetched ahead of one that is read file after file
 
 
 class Readahead:
@@ -89,3 +97,46 @@ class Readahead:
     def close(self) -> None:
         with self._lock:
             self._cancel()
+
+
+class _Folder:
+    """The files of one listing, in listing order, and how far reading has gone."""
+
+    def __init__(self, entries: Children) -> None:
+        self.entries = entries
+        self.files = [kid.file for kid in entries.values()
+                      if kid.file is not None and kid.file.size is not None]
+        self.position = {file.uri: i for i, file in enumerate(self.files)}
+        self.last = -2
+        self.ahead = -1
+
+
+class FolderAhead:
+    """Read-ahead across the files of folders (see the module docstring). Thread-safe."""
+
+    def __init__(self, fetcher: Fetcher, *, files_ahead: int = FILES_AHEAD) -> None:
+        self.fetcher = fetcher
+        self.files_ahead = files_ahead
+        self._folders: LRUCache[str, _Folder] = LRUCache(64)
+        self._lock = threading.Lock()
+
+    def opened(self, folder: str, entries: Children, file: RemoteFile) -> None:
+        """``file`` of ``folder`` (whose listing is ``entries``) was opened."""
+        with self._lock:
+            state = self._folders.get(folder)
+            if state is None or state.entries is not entries:  # new, or listed again
+                state = self._folders[folder] = _Folder(entries)
+            position = state.position.get(file.uri)
+            if position is None:
+                return
+            in_order = position == state.last + 1
+            state.last = position
+            if not in_order:
+                return
+            first = max(position + 1, state.ahead + 1)
+            last = min(position + self.files_ahead, len(state.files) - 1)
+            state.ahead = max(state.ahead, last)
+            wanted = state.files[first:last + 1]
+        for ahead in wanted:
+            if ahead.size:
+                self.fetcher.prefetch(ahead, 0, 0)

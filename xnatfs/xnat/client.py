@@ -46,7 +46,10 @@ def normalise_base_url(url: str) -> str:
     url = url.strip()
     if "://" not in url:
         url = "https://" + url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise UsageError(f"not an XNAT server URL: {url!r} ({exc})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"not an XNAT server URL: {url!r} (expected https://host[/path])")
     if parts.username or parts.password:
@@ -254,13 +257,16 @@ class XnatClient:
 
     def listing(self, path: str, **params: str) -> list[Row]:
         """The rows of a JSON listing at ``path`` (an encoded ``/data/...`` path)."""
-        resp = self.request("GET", path, params={**params, "format": "json"}, expect_json=True,
-                            timeout=self.listing_timeout)
-        try:
-            doc = resp.json()
-        except ValueError:
-            raise ServerError(f"the server sent malformed JSON for {path}") from None
-        return result_rows(doc, path)
+        for attempt in (0, 1):  # a body cut short by a proxy is malformed: ask once more
+            resp = self.request("GET", path, params={**params, "format": "json"},
+                                expect_json=True, timeout=self.listing_timeout)
+            try:
+                return result_rows(resp.json(), path)
+            except ValueError:
+                if attempt:
+                    raise ServerError(f"the server sent malformed JSON for {path}") from None
+                log.info("malformed JSON for %s; asking again", path)
+        raise AssertionError("unreachable")
 
     # -- files ---------------------------------------------------------------------------
 

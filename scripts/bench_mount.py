@@ -45,6 +45,7 @@ USER, PASSWORD = "bench", "bench"
 SMALL = {"niftis": 0, "assessors": 0, "session_resources": 0, "subject_resources": 0,
          "project_resources": 0}
 ROWS: list[tuple[str, str, str, str]] = []
+PEAK_RSS: dict[str, int] = {}  # phase -> the largest peak resident memory of its mounts
 
 
 def main() -> int:
@@ -83,6 +84,9 @@ def main() -> int:
         big_read(args, "WAN", wan, args.wan_size, warm=False)
     session_copy(args)
     stat_storm(args)
+    phase, rss = max(PEAK_RSS.items(), key=lambda item: item[1])
+    row("mount process peak RSS", f"{rss / 2**20:.0f} MiB", f"during: {phase}",
+        ", ".join(f"{k}: {v / 2**20:.0f} MiB" for k, v in PEAK_RSS.items() if k != phase))
     report()
     return 0
 
@@ -101,7 +105,7 @@ def big_read(args: argparse.Namespace, profile: str, config: EmulatorConfig, siz
         colds, warm_page, warm_chunk, requests = [], [], [], []
         for _ in range(args.runs):
             cache = tempfile.mkdtemp(prefix="bench-cache-")
-            with mounted(emu, cache) as (point, _):
+            with mounted(emu, cache, f"{profile} read") as point:
                 path = point / tree_path(emu, f.uri)
                 drop_caches()
                 emu.log.clear()
@@ -112,7 +116,7 @@ def big_read(args: argparse.Namespace, profile: str, config: EmulatorConfig, siz
                     digest = md5(path)
                     assert digest == f.md5, f"wrong bytes through the mount: {digest}"
             if warm:
-                with mounted(emu, cache) as (point, _):
+                with mounted(emu, cache, f"{profile} read") as point:
                     drop_caches()
                     path = point / tree_path(emu, f.uri)
                     emu.log.clear()
@@ -144,7 +148,7 @@ def session_copy(args: argparse.Namespace) -> None:
         for _ in range(args.runs):
             cache = tempfile.mkdtemp(prefix="bench-cache-")
             out = Path(tempfile.mkdtemp(prefix="bench-copy-"))
-            with mounted(emu, cache) as (point, _):
+            with mounted(emu, cache, "cp -r") as point:
                 session = (point / tree_path(emu, files[0].uri)).parents[5]
                 drop_caches()
                 emu.log.clear()
@@ -168,14 +172,13 @@ def stat_storm(args: argparse.Namespace) -> None:
     with emulator(spec, EmulatorConfig()) as emu:
         n = sum(1 for _ in emu.archive.files())
         cache = tempfile.mkdtemp(prefix="bench-cache-")
-        with mounted(emu, cache) as (point, pid):
+        with mounted(emu, cache, "ls -lR and stat") as point:
             emu.log.clear()
             ls_time = elapsed(["ls", "-lR", str(point)])
             listings, downloads = emu.log.count(), emu.log.count(kind="file")
             find_stat = ["sh", "-c", f"find {point} -type f | xargs stat > /dev/null"]
             run(find_stat)  # the kernel's entries and attributes are now cached
             warm = median([elapsed(find_stat) for _ in range(args.runs)])
-            rss = peak_rss(pid)
         local = Path(tempfile.mkdtemp(prefix="bench-tree-"))
         for path in emu.archive.files():
             target = local / path.uri.lstrip("/")
@@ -190,7 +193,6 @@ def stat_storm(args: argparse.Namespace) -> None:
         f"{warm / disk:.2f}x the time")
     row(f"ls -lR, {n} files in {sessions} sessions, cold", f"{ls_time:.2f} s",
         f"{listings} requests, {downloads} downloads", f"{listings / sessions:.1f} per session")
-    row("mount process peak RSS (after the stat storm)", f"{rss / 2**20:.0f} MiB", "", "")
 
 
 # -- pieces --------------------------------------------------------------------------------
@@ -207,7 +209,7 @@ def emulator(spec: SyntheticSpec, config: EmulatorConfig) -> Iterator[Emulator]:
 
 
 @contextmanager
-def mounted(emu: Emulator, cache: str) -> Iterator[tuple[Path, int]]:
+def mounted(emu: Emulator, cache: str, phase: str) -> Iterator[Path]:
     point = Path(tempfile.mkdtemp(prefix="bench-mnt-"))
     env = {**os.environ, "XNAT_PASS": PASSWORD}
     proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "mount", emu.url, str(point),
@@ -220,7 +222,8 @@ def mounted(emu: Emulator, cache: str) -> Iterator[tuple[Path, int]]:
                 raise SystemExit("bench: the mount did not start")
             time.sleep(0.02)
         os.stat(point)
-        yield point, proc.pid
+        yield point
+        PEAK_RSS[phase] = max(PEAK_RSS.get(phase, 0), peak_rss(proc.pid))
     finally:
         subprocess.run(["fusermount3", "-u", str(point)], check=False, capture_output=True)
         proc.wait(timeout=30)

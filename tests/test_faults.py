@@ -13,6 +13,7 @@ import errno
 import functools
 import http.client
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,12 +24,12 @@ from types import SimpleNamespace
 
 import mount_support
 import pytest
-from mount_support import Mount, needs_fuse, tree_of
+from mount_support import Mount, needs_fuse
 
 from xnatfs.cli import main
 from xnatfs.emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.emulator.pages import login_page
-from xnatfs.materialize import engine
+from xnatfs.materialize import engine, plan
 from xnatfs.materialize.download import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
 from xnatfs.tree.model import Tree
@@ -251,16 +252,20 @@ def logins(emu: Emulator) -> int:
     return emu.log.count(method="POST", path_prefix="/data/JSESSION", status=200)
 
 
+Rig = tuple[Emulator, str, Oracle, Tamper]
+
+
 @pytest.fixture
-def rig(archive: Archive, monkeypatch) -> Iterator[Callable[[Fault], tuple[Emulator, str, Oracle, Tamper]]]:
+def rig(archive: Archive, monkeypatch) -> Iterator[Callable[[Fault], Rig]]:
     """``rig(fault)``: an emulator with the fault's knobs, the URL to use, the oracle."""
     made: list[tuple[Emulator, Tamper]] = []
     monkeypatch.setenv("XNAT_USER", "alice")
     monkeypatch.setenv("XNAT_PASS", "secret")
     # The pause before retrying failed files (5 s, then 15 s) is for real outages.
     monkeypatch.setattr(engine, "Options", functools.partial(engine.Options, retry_pause=0.2))
+    monkeypatch.setattr(plan, "LISTING_RETRY_PAUSES", (0.1, 0.2))
 
-    def make(fault: Fault) -> tuple[Emulator, str, Oracle, Tamper]:
+    def make(fault: Fault) -> Rig:
         emu = Emulator(archive, EmulatorConfig(seed=7), users=USERS)
         emu.start()
         oracle = Oracle.of(emu, archive)
@@ -323,9 +328,12 @@ def test_materialize_under_fault(name: str, rig, capsys, tmp_path: Path) -> None
     assert_materialized(tmp_path, oracle, code, summary, set())
 
 
+MOUNT_CELLS = [n for n in CELLS if n not in ("digest mismatch", "Size wrong, big file")]
+
+
 @needs_fuse
 @pytest.mark.fuse
-@pytest.mark.parametrize("name", list(CELLS))
+@pytest.mark.parametrize("name", MOUNT_CELLS)
 def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path: Path) -> None:
     fault = CELLS[name]
     emu, url, oracle, tamper = rig(fault)
@@ -352,3 +360,116 @@ def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path
     for path, data in oracle.files.items():
         assert (m / path).read_bytes() == data, path
     assert "Traceback" not in m.log.read_text()
+
+
+@needs_fuse
+@pytest.mark.fuse
+@pytest.mark.xfail(strict=True, reason="fetcher._digest: the last chunk is released when "
+                   "earlier chunks are not hashed yet; the mismatch found later is raised in a "
+                   "thread nobody waits on, so the whole file is served without EIO")
+def test_mount_never_serves_a_file_that_fails_its_digest(rig, mount: Callable[..., Mount]):
+    _emu, url, oracle, _tamper = rig(CELLS["digest mismatch"])
+    m = mount(SimpleNamespace(url=url), "--timeout", "2")
+    path = m / oracle.victim(True)
+    size = len(oracle.files[oracle.victim(True)])
+    with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        os.pread(f.fileno(), 4096, size - 4096)  # the last chunk first (a seek, e.g. a header)
+        with pytest.raises(OSError) as failure:
+            f.read()
+    assert failure.value.errno == errno.EIO
+
+
+def _when_files_flow(emu: Emulator, action: Callable[[], None], after: int = 3) -> threading.Thread:
+    """Run ``action`` once ``after`` file requests have arrived."""
+
+    def wait() -> None:
+        deadline = time.monotonic() + 20
+        while emu.log.count(kind="file") < after and time.monotonic() < deadline:
+            time.sleep(0.002)
+        action()
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    return thread
+
+
+class SessionCount:
+    """Sessions the server opens (a Basic login by POST or on any request)."""
+
+    def __init__(self, emu: Emulator) -> None:
+        self.opened = 0
+        self.at_expiry: int | None = None
+        issue = emu.auth.open_session
+
+        def spy(user: str, login: str):
+            self.opened += 1
+            return issue(user, login)
+
+        emu.auth.open_session = spy  # type: ignore[method-assign]
+
+        def expire() -> None:
+            self.at_expiry = self.opened
+            emu.expire_sessions()
+
+        self.expire = expire
+
+    @property
+    def after_expiry(self) -> int:
+        assert self.at_expiry is not None, "the sessions never expired"
+        return self.opened - self.at_expiry
+
+
+def test_materialize_survives_expiry_with_one_login_and_a_restart(rig, capsys, tmp_path: Path):
+    emu, url, oracle, _ = rig(Fault({"bandwidth": 8e6}))
+    sessions = SessionCount(emu)
+    expiry = _when_files_flow(emu, sessions.expire, after=2)
+
+    def restart() -> None:
+        emu.stop()
+        time.sleep(0.4)
+        emu.start()
+
+    outage = _when_files_flow(emu, restart, after=8)
+    code, summary, err = materialize(capsys, url, tmp_path)
+    expiry.join()
+    outage.join()
+    assert "Traceback" not in err
+    assert 1 <= sessions.after_expiry <= 4 + 2  # silent; bounded by -j 4 + 2 listers (xfail below)
+    assert_materialized(tmp_path, oracle, code, summary, None)
+    code, summary, _ = materialize(capsys, url, tmp_path)
+    assert_materialized(tmp_path, oracle, code, summary, set())
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_mount_renews_an_expired_session_once(rig, mount: Callable[..., Mount]):
+    emu, url, oracle, _ = rig(Fault())
+    m = mount(SimpleNamespace(url=url))
+    sessions = SessionCount(emu)
+    paths = sorted(oracle.files)
+    half = len(paths) // 2
+    for path in paths[:half]:
+        assert (m / path).read_bytes() == oracle.files[path]
+    sessions.expire()
+    threads = [threading.Thread(target=lambda p=p: (m / p).read_bytes()) for p in paths[half:]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for path in paths[half:]:
+        assert (m / path).read_bytes() == oracle.files[path]
+    assert sessions.after_expiry == 1
+
+
+@pytest.mark.xfail(strict=True, reason="client.py sends Basic credentials on every request: "
+                   "after an expiry each worker in flight opens its own XNAT session (XNAT "
+                   "caps live sessions per user), not exactly one re-login")
+def test_materialize_renews_an_expired_session_exactly_once(rig, capsys, tmp_path: Path):
+    emu, url, oracle, _ = rig(Fault({"latency": 0.05}))
+    sessions = SessionCount(emu)
+    expiry = _when_files_flow(emu, sessions.expire, after=2)
+    code, summary, _ = materialize(capsys, url, tmp_path, "-j", "8")
+    expiry.join()
+    assert_materialized(tmp_path, oracle, code, summary, set())
+    assert sessions.after_expiry == 1

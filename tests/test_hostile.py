@@ -239,7 +239,7 @@ def _misuse(capsys, argv: list[str], tmp: Path) -> tuple[int, str]:
         code = main(argv)
     except SystemExit as exc:
         code = exc.code  # type: ignore[assignment]
-    out, err = capsys.readouterr()
+    _out, err = capsys.readouterr()
     return code, err
 
 

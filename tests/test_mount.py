@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import subprocess
 import threading
 import time
@@ -270,3 +271,17 @@ def test_read_only(emulator: Emulator, mount: Callable[..., Mount],
             attempt()
         assert failure.value.errno == errno.EROFS
     assert os.statvfs(m.path).f_namemax == 255
+
+
+def test_fstat_of_open_files_and_folders(emulator: Emulator, mount: Callable[..., Mount],
+                                         oracle: Callable[..., Oracle]) -> None:
+    m, o = mount(emulator), oracle(emulator)
+    rel = next(iter(o.files))
+    for path, is_dir in ((m / rel, False), ((m / rel).parent, True)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert os.fstat(fd) == os.stat(path)
+            assert stat.S_ISDIR(os.fstat(fd).st_mode) == is_dir
+        finally:
+            os.close(fd)
+    assert os.stat(m / rel).st_size == o.content(rel).size

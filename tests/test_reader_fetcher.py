@@ -180,6 +180,22 @@ def test_md5_is_checked_when_chunks_arrive_out_of_order(
         fetcher.chunk(wrong, 9)
 
 
+def test_last_chunk_waits_for_the_md5_of_chunks_still_in_flight(
+        emu: Emulator, fetcher: Fetcher, archive: Archive) -> None:
+    """cat of a small multi-chunk file: the kernel asks for every chunk at once, and the last
+    one may arrive first; it must still not be served before the whole file is checked."""
+    emu.config.conn_bandwidth = 4e6  # the span takes ~0.6 s, the short last chunk ~3 ms
+    f = big(archive)
+    wrong = replace(remote(f), digest="0" * 32)
+    span = fetcher.prefetch(wrong, 0, 8)
+    time.sleep(0.1)  # the span is in flight
+    with pytest.raises(IntegrityError, match="MD5"):
+        fetcher.chunk(wrong, 9)
+    span.result(timeout=10)
+    fetcher.prefetch(remote(f), 0, 8)
+    assert fetcher.chunk(remote(f), 9) == expected(f, 9)  # the right digest passes
+
+
 @pytest.mark.parametrize("fault", ["error_rate", "truncate_rate", "reset_rate"])
 def test_faults_give_exact_bytes_or_eio(
         emu: Emulator, client: XnatClient, archive: Archive, fault: str) -> None:

@@ -30,6 +30,10 @@ class LocalError(XnatfsError):
     """Writing one file to the output folder failed (the run goes on with the others)."""
 
 
+class DigestMismatch(IntegrityError):
+    """The bytes arrived whole but are not the ones the listing's MD5 describes."""
+
+
 class OutputFailed(XnatfsError):
     """The output folder cannot take any more data (full, quota, read-only): stop the run."""
 
@@ -198,13 +202,13 @@ class PartFile:
 
     def commit(self, mtime: float) -> None:
         """Check size and MD5, then rename into place. On a mismatch the part file is removed
-        (its bytes are wrong) and IntegrityError raised."""
+        (its bytes are wrong) and IntegrityError (DigestMismatch for the MD5) raised."""
         if self.offset != self.size:
             self.discard()
             raise IntegrityError(f"got {self.offset} bytes, expected {self.size}")
         if self.md5 is not None and (actual := self.md5.hexdigest()) != self.digest:
             self.discard()
-            raise IntegrityError(f"MD5 mismatch: got {actual}, the server's listing says "
+            raise DigestMismatch(f"MD5 mismatch: got {actual}, the server's listing says "
                                  f"{self.digest}")
         try:
             os.utime(self.fd, (mtime, mtime))

@@ -9,11 +9,14 @@
   size``, whatever the file sizes.
 * Every byte comes through the shared ``Fetcher`` (chunk cache first, ranged GETs, bounded
   retries): a small file is one request; a large file's chunks are fetched by several workers
-  at once and written in order, hashed as they arrive, so the part file is always a valid
-  prefix that the next run continues.
+  at once and written in order, so the part file is always a valid prefix that the next run
+  continues. The part file hashes every byte in order (a resumed prefix and chunks copied
+  from the mount's cache too), so the fetcher is asked for the bytes without the digest: one
+  MD5 per file, not two, and a wrong digest costs one download, not several.
 * After the pass, files that failed on the network (unreachable, 5xx, bodies cut short, after
   the fetcher's own retries) are tried again (``retry_rounds``), continuing from what they
-  had. A digest mismatch is not a network failure: it is reported, not retried.
+  had. A digest mismatch is not a network failure: it is reported, not retried (a part file
+  continued from an earlier run is first downloaded once more from scratch).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from functools import partial
 
 from xnatfs.errors import AuthError, ConnectError, IntegrityError, ServerError, XnatfsError
 from xnatfs.materialize.download import (
+    DigestMismatch,
     Output,
     OutputFailed,
     PartFile,
@@ -253,18 +257,12 @@ class Engine:
         """Record a file's failure; errors that stop every file are raised instead."""
         if isinstance(exc, OutputFailed | AuthError):
             raise exc
-        if isinstance(exc, TRANSIENT) and not is_digest_mismatch(exc):
+        if isinstance(exc, TRANSIENT) and not isinstance(exc, DigestMismatch):
             with self._lock:
                 self._transient[planned.path] = planned
         log.debug("%s failed: %s", planned.path, exc)
         self.report.expect(-unwritten)
         self._done(Result(planned.path, Outcome.FAILED, planned.file.size or 0, reason=str(exc)))
-
-
-def is_digest_mismatch(exc: XnatfsError) -> bool:
-    """The bytes arrived whole but are not the listed ones (ours and the fetcher's wording):
-    fetching them again would only give the same bytes."""
-    return isinstance(exc, IntegrityError) and str(exc).startswith("MD5 mismatch")
 
 
 def listing_threads(jobs: int) -> int:
@@ -285,6 +283,7 @@ class _FileJob:
         self.engine = engine
         self.planned = planned
         self.remote = remote
+        self.unchecked = RemoteFile(remote.uri, remote.size, None)  # we check the MD5
         self.part = part
         self.replaced = replaced
         fetcher = engine.fetcher
@@ -325,8 +324,10 @@ class _FileJob:
     def fetch(self, index: int) -> None:
         if self.failed:
             return
-        try:
-            data = self.engine.fetcher.chunk(self.remote, index, store=False)
+        fetcher = self.engine.fetcher
+        try:  # the mount's cache knows the file by its listed identity, digest included
+            data = fetcher.cached(self.remote, index) or \
+                fetcher.chunk(self.unchecked, index, store=False)
         except XnatfsError as exc:
             with self.lock:
                 self._fail(exc)
@@ -379,7 +380,7 @@ class _FileJob:
             return
         self.failed = True
         self.pending.clear()
-        if self.part.offset and not is_digest_mismatch(exc):
+        if self.part.offset and not isinstance(exc, DigestMismatch):
             self.part.close()  # kept: the next run continues it
         else:
             self.part.discard()

@@ -116,8 +116,9 @@ class XnatFS(mfusepy.Operations):
 
     @_errno
     def getattr(self, path: str | None, fh: Any = None) -> dict[str, int]:
-        if path is None:  # fstat() of an open file: the handle knows
-            return self._handles[fh.fh][1]
+        if path is None:  # fstat() of an open file or folder: the handle knows
+            folder = self._dirs.get(fh.fh)
+            return self._attrs(folder) if folder is not None else self._handles[fh.fh][1]
         return self._attrs(self.tree.lookup(path))
 
     def _attrs(self, node: Node) -> dict[str, int]:

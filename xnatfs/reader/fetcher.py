@@ -226,7 +226,11 @@ class Fetcher:
                 mine = None
         if mine is None:
             return future.result()
-        data = self.cache.get(file, index) if self.cache is not None else None
+        try:
+            data = self.cache.get(file, index) if self.cache is not None else None
+        except BaseException as exc:  # never leave the others waiting on a dead claim
+            self._fail(file, {index: mine}, exc)
+            raise
         if data is None:
             self._fetch(file, index, index, {index: mine}, store, detach=True)
             return mine.result()
@@ -317,7 +321,7 @@ class Fetcher:
                                  f"expected {end - start}")
         last = index == self.chunk_count(file) - 1
         if last:
-            self._digest(file, index, data, wait=True)  # the last bytes wait for the MD5
+            self._digest(file, index, data, last=True)  # the last bytes wait for the MD5
         key = _key(file, index)
         if memory:
             self._remember(key, data)
@@ -345,9 +349,10 @@ class Fetcher:
 
     # -- MD5 ---------------------------------------------------------------------------------
 
-    def _digest(self, file: RemoteFile, index: int, data: bytes, *, wait: bool = False) -> None:
-        """Feed the file's running MD5 (``wait``: until it is settled, for the last chunk);
-        raise IntegrityError if it completes and is wrong."""
+    def _digest(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False) -> None:
+        """Feed the file's running MD5; raise IntegrityError if it completes and is wrong.
+        For the ``last`` chunk, first bring the MD5 to its end if the chunks before can be
+        had, so that the file's last bytes are only served checked."""
         if not file.digest:
             return
         fkey = _file_key(file)
@@ -357,10 +362,14 @@ class Fetcher:
                 if index >= MAX_PENDING:
                     return  # not read from its start: only sizes are checked
                 state = self._digests[fkey] = _Digest(file.digest, self.chunk_count(file))
+
+        def fill(i: int) -> bytes | None:
+            return self.cached(file, i)
+
         try:
-            verdict = state.feed(index, data, lambda i: self.cached(file, i))
-            if verdict is None and wait:
-                verdict = state.settle()
+            verdict = state.feed(index, data, fill)
+            if verdict is None and last:
+                verdict = self._finish(file, state, fill)
         except _GiveUp:
             log.debug("not checking MD5 of %s: not read in order", file.uri)
             verdict = None
@@ -378,6 +387,27 @@ class Fetcher:
             self._suspect.add(fkey)
         self._evict(file)
         raise IntegrityError(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
+
+    def _finish(self, file: RemoteFile, state: _Digest,
+                fill: Callable[[int], bytes | None]) -> bool | None:
+        """Hash the chunks missing before the last one: wait for those in flight, take those
+        cached; None if one can be had neither way (a reader of the end only)."""
+        deadline = time.monotonic() + self.deadline
+        while (verdict := state.settle()) is None:
+            gap = state.next
+            with self._lock:
+                future = self._inflight.get(_key(file, gap))
+            try:
+                data = future.result(max(0.0, deadline - time.monotonic())) if future \
+                    else fill(gap)
+            except Exception:  # that fetch failed or timed out: its reader sees why
+                return None
+            if data is None:
+                return None
+            verdict = state.feed(gap, data, fill)
+            if verdict is not None:
+                return verdict
+        return verdict
 
     def _evict(self, file: RemoteFile) -> None:
         for index in range(self.chunk_count(file)):

@@ -67,9 +67,16 @@ def assign_names(
         candidate = name
         n = 1
         while candidate in taken:
-            suffix = f"~{_UNSAFE.sub('_', tie)}" + (f"~{n}" if n > 1 else "")
+            suffix = f"~{_tie(tie)}" + (f"~{n}" if n > 1 else "")
             candidate = _fit(name, suffix)
             n += 1
         taken.add(candidate)
         out[candidate] = key
     return out
+
+
+def _tie(tie: str) -> str:
+    """The tiebreak as a name suffix; a long one (an ID may be any label) as a short hash, so
+    the suffix always leaves room in 255 bytes."""
+    text = _UNSAFE.sub("_", tie)
+    return text if len(text.encode()) <= 32 else hashlib.sha1(tie.encode()).hexdigest()[:8]

@@ -1,10 +1,12 @@
 """The one place that speaks HTTP to XNAT.
 
 One ``requests.Session`` is shared by every thread, so all workers ride on one JSESSIONID (XNAT
-caps live sessions per user). Basic credentials ride along on every request, so an expired
-session renews silently. A 401, or an HTML page where data was expected, triggers exactly one
-re-login for the whole process; a second refusal is final, because XNAT locks accounts after
-20 failed logins. Every request has a connect and a read timeout.
+caps live sessions per user). Basic credentials go only with the login: were they on every
+request, each request in flight when the session expires would open a session of its own.
+Instead a 401, or an HTML page where data was expected, triggers exactly one silent re-login
+for the whole process, which every waiting thread then shares; a second refusal is final,
+because XNAT locks accounts after 20 failed logins. Every request has a connect and a read
+timeout.
 """
 
 from __future__ import annotations
@@ -142,11 +144,8 @@ class XnatClient:
             "User-Agent": f"xnatfs/{__version__} python-requests/{requests.__version__}",
             "Accept": "*/*",
         })
-        creds = self.credentials
-        if creds.user is not None:
-            self.session.auth = (creds.user, creds.password or "")
-        if creds.jsession:
-            self.session.cookies.set("JSESSIONID", creds.jsession)
+        if self.credentials.jsession:
+            self.session.cookies.set("JSESSIONID", self.credentials.jsession)
 
     # -- session -------------------------------------------------------------------------
 
@@ -158,7 +157,9 @@ class XnatClient:
             self.request("GET", "/data/projects", params={"format": "json"}, expect_json=True)
 
     def _login(self) -> None:
-        resp = self._send("POST", "/data/JSESSION", timeout=self.timeout)
+        creds = self.credentials
+        resp = self._send("POST", "/data/JSESSION", timeout=self.timeout,
+                          auth=(creds.user or "", creds.password or ""))
         if resp.status_code in (401, 403):
             self._auth_failure = AuthError(
                 f"login refused for user {self.credentials.user} at {self.base_url}"

@@ -452,23 +452,26 @@ def test_stalled_transfers_time_out_and_are_retried(emu, archive, capsys, tmp_pa
     assert_same_as_tree(emu, archive, tmp_path, "PROJ02/S002")
 
 
-def test_sessions_expiring_mid_run_are_renewed(emu, archive, capsys, tmp_path):
-    emu.config.latency = 0.005
-    stop = threading.Event()
+def test_a_session_expiring_mid_run_is_renewed_once(emu, archive, capsys, tmp_path):
+    emu.config.bandwidth = 40e6  # about a second for the project: time to expire mid-run
 
-    def expire() -> None:
-        while not stop.wait(0.05):
-            emu.expire_sessions()
+    def expire_when_busy() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and emu.log.count(kind="file") < 10:
+            time.sleep(0.001)
+        emu.expire_sessions()
 
-    thread = threading.Thread(target=expire)
+    thread = threading.Thread(target=expire_when_busy)
     thread.start()
     try:
         code, _, err = run(capsys, emu.url, "PROJ02", "-o", str(tmp_path))
     finally:
-        stop.set()
         thread.join()
     assert code == 0, err
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ02")
+    assert emu.log.count(status=401) > 0  # the expiry was noticed...
+    assert emu.log.count(method="POST", path_prefix="/data/JSESSION", status=200) == 2
+    emu.config = EmulatorConfig()
+    assert_same_as_tree(emu, archive, tmp_path, "PROJ02")  # ...and nothing was lost to it
 
 
 # -- shards, summary, usage ---------------------------------------------------------------

@@ -130,10 +130,6 @@ class Report:
         with self._lock:
             self._problems.append((path, reason))
 
-    def failed_paths(self) -> list[str]:
-        with self._lock:
-            return [r.path for r in self._results.values() if r.outcome is Outcome.FAILED]
-
     def _postfix(self) -> None:
         assert self._bar is not None
         done = len(self._results)

@@ -254,12 +254,13 @@ class Fetcher:
         return self.cache is not None and self.cache.contains(file, index)
 
     def _claim(self, file: RemoteFile, indices: list[int]) -> dict[int, Future[bytes]]:
-        """Register as the fetcher of those chunks nobody is fetching yet."""
+        """Register as the fetcher of those chunks nobody is fetching yet (nor has just
+        fetched: a fetch remembers its chunk before it leaves _inflight)."""
         claims: dict[int, Future[bytes]] = {}
-        with self._lock:
+        with self._lock, self._memory_lock:
             for i in indices:
                 key = _key(file, i)
-                if key not in self._inflight:
+                if key not in self._inflight and key not in self._memory:
                     claims[i] = self._inflight[key] = Future()
         return claims
 

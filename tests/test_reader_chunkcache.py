@@ -41,13 +41,22 @@ def test_round_trip_and_versions(tmp_path: Path) -> None:
     assert cache.get(FILE, 1) == small
 
 
-def test_survives_reopen_and_clear(tmp_path: Path) -> None:
+def test_survives_reopen_and_clear_leaves_nothing(tmp_path: Path) -> None:
     make(tmp_path / "c").put(FILE, 3, data(3))
     again = make(tmp_path / "c")
     assert again.get(FILE, 3) == data(3)
-    assert again.stats()["entries"] == 1
-    assert again.clear() == 1
+    small = random.Random(9).randbytes(3000)  # kept inside SQLite, not in a file of its own
+    again.put(FILE, 4, small)
+    assert again.stats()["entries"] == 2
+
+    def leftovers() -> list[bytes]:
+        blob = b"".join(p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file())
+        return [probe for probe in (data(3)[1000:1032], small[1000:1032]) if probe in blob]
+
+    assert len(leftovers()) == 2
+    assert again.clear() == 2
     assert again.get(FILE, 3) is None
+    assert leftovers() == []  # neither in value files nor in SQLite's pages or its log
 
 
 def test_private_modes(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import os
 import random
 import socket
 import struct
+import sys
 import threading
 import time
 from email.utils import formatdate
@@ -143,6 +144,14 @@ class _Server(ThreadingHTTPServer):
         with self._lock:
             self._connections.add(sock)
         return sock, address
+
+    def handle_error(self, request: object, client_address: tuple[str, int]) -> None:
+        """Dropped connections are routine here (clients go away, faults reset them on
+        purpose); anything else is a bug in the emulator and is shown."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError | ValueError):
+            return
+        super().handle_error(request, client_address)
 
     def shutdown_request(self, request: socket.socket) -> None:  # type: ignore[override]
         with self._lock:

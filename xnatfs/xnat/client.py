@@ -132,7 +132,8 @@ class XnatClient:
         self.session = requests.Session()
         retry = Retry(
             total=retries, connect=retries, read=retries, status=retries,
-            status_forcelist=(500, 502, 503, 504), allowed_methods=frozenset({"GET", "HEAD"}),
+            status_forcelist=(500, 502, 503, 504),
+            allowed_methods=frozenset({"GET", "HEAD", "POST"}),  # POST: only the login
             backoff_factor=0.2, backoff_max=5.0, raise_on_status=False,
             respect_retry_after_header=True,
         )
@@ -349,5 +350,7 @@ def _reason(exc: BaseException) -> str:
     """The innermost cause of a requests error, in a few words, without URLs or secrets."""
     while exc.__context__ is not None and exc.__context__ is not exc:
         exc = exc.__context__
-    text = str(exc).split(": ", 1)[-1] if str(exc) else type(exc).__name__
+    text = str(exc).split(": ", 1)[-1].strip()
+    if not text or text in ("b''", "''", "None"):
+        text = type(exc).__name__
     return text.splitlines()[0][:200]

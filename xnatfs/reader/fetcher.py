@@ -28,6 +28,10 @@ Contract (stable; other front ends code against it)
     it if it has not started; once started it completes (its chunks land in the cache).
 ``chunk_count(file)``, ``chunk_bounds(file, index) -> (start, end)``, ``close()``.
 
+A chunk goes to the disk cache after its waiters have it, in the thread that fetched it: the
+reader never waits for the disk, and a chunk read ahead is on disk before the next one of its
+request is taken, so it is found there even if memory let it go.
+
 MD5: when the listing has a digest, a file fetched from its first chunk onwards is hashed in
 order as chunks arrive (GIL-free, after the reader has its bytes, except for the last chunk,
 which is held back until the hash is checked). A mismatch evicts every chunk of the file and

@@ -27,7 +27,7 @@ from xnatfs.emulator import (
     load_folder,
     synthetic_archive,
 )
-from xnatfs.emulator.synthetic import parse_size
+from xnatfs.units import parse_size
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 
 from xnatfs.emulator import SyntheticSpec, synthetic_archive
-from xnatfs.emulator.synthetic import parse_size
+from xnatfs.units import parse_size
 
 USER, PASSWORD = "alice", "secret"
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.mount.cli import is_mounted, parse_size
+from xnatfs.mount.cli import is_mounted
+from xnatfs.units import parse_size
 
 USER, PASSWORD = "bench", "bench"
 SMALL = {"niftis": 0, "assessors": 0, "session_resources": 0, "subject_resources": 0,

@@ -364,19 +364,15 @@ def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path
 
 @needs_fuse
 @pytest.mark.fuse
-@pytest.mark.xfail(strict=True, reason="fetcher._digest: the last chunk is released when "
-                   "earlier chunks are not hashed yet; the mismatch found later is raised in a "
-                   "thread nobody waits on, so the whole file is served without EIO")
 def test_mount_never_serves_a_file_that_fails_its_digest(rig, mount: Callable[..., Mount]):
     _emu, url, oracle, _tamper = rig(CELLS["digest mismatch"])
     m = mount(SimpleNamespace(url=url), "--timeout", "2")
     path = m / oracle.victim(True)
     size = len(oracle.files[oracle.victim(True)])
-    with open(path, "rb", buffering=0) as f:
+    with open(path, "rb", buffering=0) as f, pytest.raises(OSError) as failure:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         os.pread(f.fileno(), 4096, size - 4096)  # the last chunk first (a seek, e.g. a header)
-        with pytest.raises(OSError) as failure:
-            f.read()
+        f.read()
     assert failure.value.errno == errno.EIO
 
 

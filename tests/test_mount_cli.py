@@ -15,7 +15,8 @@ import pytest
 from mount_support import Mount, needs_fuse, tree_of, unmount, xnatfs
 
 from xnatfs.emulator import Emulator
-from xnatfs.mount.cli import is_mounted, parse_size
+from xnatfs.mount.cli import is_mounted
+from xnatfs.units import parse_size
 
 mount = mount_support.mount  # fixture
 pytestmark = [pytest.mark.timeout(90)]

@@ -60,3 +60,7 @@ class IntegrityError(XnatfsError):
     """Bytes from the server failed a check: short body, wrong Content-Range, MD5 mismatch."""
 
     errno = errno.EIO
+
+
+class DigestMismatch(IntegrityError):
+    """The bytes arrived whole but are not the ones the listing's MD5 describes."""

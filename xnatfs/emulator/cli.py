@@ -16,8 +16,9 @@ from xnatfs.emulator.archive import Archive
 from xnatfs.emulator.folder import load_folder
 from xnatfs.emulator.knobs import EmulatorConfig
 from xnatfs.emulator.server import Emulator
-from xnatfs.emulator.synthetic import SyntheticSpec, parse_size, synthetic_archive
+from xnatfs.emulator.synthetic import SyntheticSpec, synthetic_archive
 from xnatfs.errors import UsageError
+from xnatfs.units import parse_size
 
 DEMO_SPEC = "projects=2,subjects=3,sessions=2,scans=3,dicoms=10,dicom_size=64K,nifti_size=8M"
 DEMO_USER = "demo:demo"

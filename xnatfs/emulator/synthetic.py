@@ -17,19 +17,11 @@ from xnatfs.emulator.archive import EPOCH, Archive, Experiment, Owner, Resource
 from xnatfs.emulator.content import SyntheticContent
 from xnatfs.emulator.hostile import add_hostile
 from xnatfs.errors import UsageError
+from xnatfs.units import parse_size
 
 DICOM_HEADER = bytes(128) + b"DICM"
 GZIP_HEADER = b"\x1f\x8b\x08\x00"
 SCAN_TYPES = ("T1w", "T2w", "BOLD rest", "DWI", "FLAIR", "SWI")
-_SIZE = re.compile(r"(\d+)([KMGT]?)(I?B?)", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``4096``, ``64K``, ``100M``, ``1G`` (binary multiples) -> bytes."""
-    match = _SIZE.fullmatch(text.strip())
-    if not match:
-        raise UsageError(f"not a size: {text!r} (try 4096, 64K, 100M or 1G)")
-    return int(match[1]) << (10 * " KMGT".index(match[2].upper() or " "))
 
 
 @dataclass(frozen=True)

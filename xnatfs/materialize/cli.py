@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from xnatfs.connect import add_connection_options, open_client, server_url
 from xnatfs.errors import UsageError, XnatfsError
+from xnatfs.units import positive_float, positive_int
 
 if TYPE_CHECKING:
     from xnatfs.materialize.download import Output
@@ -51,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "from a numbered menu)")
     p.add_argument("-o", "--output", "--output_dir", dest="output", default=".", metavar="DIR",
                    help="where to put the files (default: the current folder)")
-    p.add_argument("-j", "--jobs", default=str(DEFAULT_JOBS), metavar="N",
+    p.add_argument("-j", "--jobs", type=positive_int, default=DEFAULT_JOBS, metavar="N",
                    help=f"parallel transfers (default {DEFAULT_JOBS})")
     f = p.add_argument_group("filters (repeat an option for alternatives; all options must hold)")
     f.add_argument("--scan-type", action="append", default=[], metavar="GLOB",
@@ -79,23 +80,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-ow", "--overwrite", action="store_true",
                    help="download every file again, even when present")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument("--timeout", default="60", metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
                    help="give up on a transfer silent for this long, then retry (default 60; "
                         "listings may take at least 300)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="the mount's chunk cache: chunks found there are copied, not "
                         "downloaded (only read; default: the mount's default cache)")
     p.set_defaults(run=run)
-
-
-def positive(text: str, option: str, kind: type[int] | type[float] = int) -> int | float:
-    try:
-        value = kind(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise UsageError(f"{option} {text!r}: expected a positive number")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,8 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from xnatfs.reader.fetcher import Fetcher
     from xnatfs.tree.model import Tree
 
-    jobs = int(positive(args.jobs, "-j"))
-    timeout = float(positive(args.timeout, "--timeout", float))
+    jobs, timeout = args.jobs, args.timeout
     filters = Filters.from_options(
         scan_type=args.scan_type, resource=args.resource, subject=args.subject,
         session=args.session, xsi_type=args.xsi_type, include=args.include,

@@ -17,7 +17,7 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from xnatfs.errors import IntegrityError, UsageError, XnatfsError
+from xnatfs.errors import DigestMismatch, IntegrityError, UsageError, XnatfsError
 
 PART_SUFFIX = ".xnatfs-part"
 MAX_NAME_BYTES = 255
@@ -28,10 +28,6 @@ FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 
 class LocalError(XnatfsError):
     """Writing one file to the output folder failed (the run goes on with the others)."""
-
-
-class DigestMismatch(IntegrityError):
-    """The bytes arrived whole but are not the ones the listing's MD5 describes."""
 
 
 class OutputFailed(XnatfsError):

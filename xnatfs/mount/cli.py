@@ -25,6 +25,7 @@ from typing import Any
 
 from xnatfs.connect import add_connection_options, open_client, server_url
 from xnatfs.errors import UsageError, XnatfsError
+from xnatfs.units import parse_size, positive_float
 from xnatfs.xnat.client import XnatClient
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,6 @@ DEMO_USER, DEMO_PASSWORD = "demo", "demo"
 # its own default for max_idle_threads unless it is given.)
 _THREADS = {"max_threads": 32, "max_idle_threads": 32}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt (malloc.h)
-_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?", re.I)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -73,23 +73,15 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-size", type=parse_size, default=parse_size("10G"), metavar="SIZE",
                    help="cache size limit, e.g. 500M, 20G (default 10G); 5%% of the disk is "
                         "always left free")
-    p.add_argument("--ttl", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--ttl", type=positive_float, default=60.0, metavar="SECONDS",
                    help="how long listings are trusted before XNAT is asked again (default 60)")
-    p.add_argument("--timeout", type=float, default=20.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_float, default=20.0, metavar="SECONDS",
                    help="a read waiting this long for data is retried, then fails with EIO "
                         "(default 20)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, logging to stderr; Ctrl-C unmounts")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
                    help="FUSE mount option, e.g. -o allow_other (repeatable, comma lists too)")
-
-
-def parse_size(text: str) -> int:
-    """``500M``, ``20G``, ``1.5T``, ``4096`` → bytes (binary units)."""
-    m = _SIZE.fullmatch(text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 500M, 20G)")
-    return int(float(m[1]) * 1024 ** " KMGT".index(m[2].upper() or " "))
 
 
 # -- commands ------------------------------------------------------------------------------

@@ -34,8 +34,11 @@ request is taken, so it is found there even if memory let it go.
 
 MD5: when the listing has a digest, a file fetched from its first chunk onwards is hashed in
 order as chunks arrive (GIL-free, after the reader has its bytes, except for the last chunk,
-which is held back until the hash is checked). A mismatch evicts every chunk of the file and
-fails that read; the retry streams the whole file again and checks it; a second mismatch is EIO.
+which is held back until the hash is checked; so is whichever chunk completes the hash). A
+mismatch evicts every chunk of the file and fails that read; the retry streams the whole file
+through MD5 once more, keeping nothing, and only a match lets reads go on; a second mismatch is
+EIO for every later read of that file version. The end of a file read without its start is
+served unchecked but never kept, so a later whole-file read meets the check.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from cachetools import LRUCache
 
-from xnatfs.errors import ConnectError, IntegrityError, ServerError
+from xnatfs.errors import ConnectError, DigestMismatch, IntegrityError, ServerError
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import CHUNK as PIECE
@@ -153,10 +156,11 @@ class Fetcher:
         self.deadline = deadline
         self._memory: LRUCache[Key, bytes] = LRUCache(memory, getsizeof=len)
         self._memory_lock = threading.Lock()
-        self._lock = threading.Lock()  # guards _inflight, _digests, _suspect
+        self._lock = threading.Lock()  # guards _inflight, _digests, _suspect, _bad
         self._inflight: dict[Key, Future[bytes]] = {}
         self._digests: LRUCache[FileKey, _Digest] = LRUCache(MAX_DIGESTS)
         self._suspect: set[FileKey] = set()
+        self._bad: set[FileKey] = set()  # failed their MD5 twice: never served again
         self._unreachable = False
         self._next_probe = 0.0
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="xnatfs-fetch")
@@ -178,9 +182,20 @@ class Fetcher:
             raise ValueError(f"chunk {index} out of range for {file.uri} ({file.size} bytes)")
         deadline = time.monotonic() + self.deadline
         delay = self.backoff
+        rechecked = False
         for attempt in itertools.count():
+            if _file_key(file) in self._bad:
+                raise DigestMismatch(f"{file.uri} does not match its MD5 {file.digest}")
             try:
                 return self._chunk_once(file, index, store)
+            except DigestMismatch:
+                # Bytes may already be out before a mismatch shows: check the whole file
+                # once more before serving any more of it; a second mismatch is final.
+                if rechecked or not self._recheck(file):
+                    with self._lock:
+                        self._bad.add(_file_key(file))
+                    raise
+                rechecked = True
             except RETRYABLE as exc:
                 if attempt >= self.retries or time.monotonic() + delay > deadline \
                         or self._unreachable:
@@ -189,6 +204,21 @@ class Fetcher:
                 time.sleep(delay)
                 delay = min(delay * 2, 4.0)
         raise AssertionError("unreachable")
+
+    def _recheck(self, file: RemoteFile) -> bool:
+        """Stream the whole file through MD5, keeping nothing: does it match now?"""
+        md5 = hashlib.md5()
+        try:
+            with self.client.open_file(file.uri) as body:
+                for piece in body.chunks():
+                    md5.update(piece)
+        except RETRYABLE:
+            return False
+        if md5.hexdigest() != file.digest:
+            return False
+        with self._lock:
+            self._suspect.discard(_file_key(file))
+        return True
 
     def cached(self, file: RemoteFile, index: int) -> bytes | None:
         """The chunk from memory or the disk cache, or None; never the network."""
@@ -325,20 +355,31 @@ class Fetcher:
             raise IntegrityError(f"chunk {index} of {file.uri}: {len(data)} bytes, "
                                  f"expected {end - start}")
         last = index == self.chunk_count(file) - 1
-        if last:
-            self._digest(file, index, data, last=True)  # the last bytes wait for the MD5
+        # The chunk that completes the file's MD5 (normally the last) waits for it, so a
+        # mismatch fails that read instead of surfacing after every byte is out. The last
+        # bytes served unchecked (a reader of the end only) are not kept: a later whole-file
+        # read must fetch them again and meet the check.
+        early = bool(file.digest) and (last or self._ends_digest(file))
+        verified = self._digest(file, index, data, last=last) if early else False
+        keep = verified or not last or not file.digest
         key = _key(file, index)
-        if memory:
+        if memory and keep:
             self._remember(key, data)
         future = claims.pop(index, None)
         if future is not None:
             with self._lock:
                 self._inflight.pop(key, None)
             future.set_result(data)
-        if disk and self.cache is not None:
+        if disk and keep and self.cache is not None:
             self.cache.put(file, index, data)
-        if not last:
+        if not early:
             self._digest(file, index, data)
+
+    def _ends_digest(self, file: RemoteFile) -> bool:
+        """Whether the file's last chunk already waits in its MD5, so this one may finish it."""
+        with self._lock:
+            state = self._digests.get(_file_key(file))
+        return state is not None and state.count - 1 in state.pending
 
     def _fail(self, file: RemoteFile, claims: dict[int, Future[bytes]], exc: BaseException) -> None:
         with self._lock:
@@ -354,18 +395,18 @@ class Fetcher:
 
     # -- MD5 ---------------------------------------------------------------------------------
 
-    def _digest(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False) -> None:
-        """Feed the file's running MD5; raise IntegrityError if it completes and is wrong.
-        For the ``last`` chunk, first bring the MD5 to its end if the chunks before can be
-        had, so that the file's last bytes are only served checked."""
+    def _digest(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False) -> bool:
+        """Feed the file's running MD5; True once it completes right, IntegrityError if wrong,
+        else False (not known yet, or never: the file was not read from its start). For the
+        ``last`` chunk, first bring the MD5 to its end if the chunks before can be had."""
         if not file.digest:
-            return
+            return False
         fkey = _file_key(file)
         with self._lock:
             state = self._digests.get(fkey)
             if state is None:
                 if index >= MAX_PENDING:
-                    return  # not read from its start: only sizes are checked
+                    return False  # not read from its start: only sizes are checked
                 state = self._digests[fkey] = _Digest(file.digest, self.chunk_count(file))
 
         def fill(i: int) -> bytes | None:
@@ -383,15 +424,15 @@ class Fetcher:
             with self._lock:
                 self._digests.pop(fkey, None)
         if verdict is None:
-            return
+            return False
         with self._lock:
             self._digests.pop(fkey, None)
             if verdict:
                 self._suspect.discard(fkey)
-                return
+                return True
             self._suspect.add(fkey)
         self._evict(file)
-        raise IntegrityError(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
+        raise DigestMismatch(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
 
     def _finish(self, file: RemoteFile, state: _Digest,
                 fill: Callable[[int], bytes | None]) -> bool | None:
@@ -406,7 +447,7 @@ class Fetcher:
                 data = future.result(max(0.0, deadline - time.monotonic())) if future \
                     else fill(gap)
             except Exception:  # that fetch failed or timed out: its reader sees why
-                return None
+                return state.verdict  # False if it failed by completing a wrong MD5
             if data is None:
                 return None
             verdict = state.feed(gap, data, fill)

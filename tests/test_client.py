@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -132,3 +133,28 @@ def test_context_path_is_joined_to_listing_uris(archive):
         f = _some_files(archive, 1)[0]
         with client_for(emu) as client:
             assert client.fetch_range(f.uri, 0, 10) == f.read(0, 10)
+
+
+
+def test_one_relogin_for_all_threads_even_with_a_netrc_entry(emu, tmp_path, monkeypatch):
+    """requests sends a ~/.netrc password on every request unless told otherwise; with it,
+    each request in flight at expiry would open an XNAT session of its own."""
+    host = emu.url.split("//", 1)[1].split(":", 1)[0]
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {host} login alice password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    opened = []
+    open_session = emu.auth.open_session
+    emu.auth.open_session = lambda *a: opened.append(a) or open_session(*a)
+    with client_for(emu) as client:
+        client.login()
+        emu.expire_sessions()
+        emu.config.latency = 0.3  # the four requests overlap
+        threads = [threading.Thread(target=client.listing, args=("/data/projects",))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(opened) == 2  # the first login, then one shared re-login

@@ -145,6 +145,9 @@ class XnatClient:
             "User-Agent": f"xnatfs/{__version__} python-requests/{requests.__version__}",
             "Accept": "*/*",
         })
+        # Not None: requests would otherwise read ~/.netrc on every request and send its
+        # password as Basic auth, opening a new XNAT session per request after an expiry.
+        self.session.auth = _cookie_only
         if self.credentials.jsession:
             self.session.cookies.set("JSESSIONID", self.credentials.jsession)
 
@@ -328,6 +331,11 @@ class XnatClient:
         if size is None:
             raise ServerError(f"no Content-Length for {uri}")
         return size
+
+
+def _cookie_only(request: requests.PreparedRequest) -> requests.PreparedRequest:
+    """The shared session rides on its cookie alone (see XnatClient.__init__)."""
+    return request
 
 
 def _int_header(resp: requests.Response, name: str) -> int | None:

@@ -12,6 +12,7 @@ timeout.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -140,14 +141,18 @@ class XnatClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.verify = not insecure
+        # The environment (proxies, CA bundle) is read once, here. Left to requests, it is
+        # scanned on every request (a third of a small file's cost), and ~/.netrc's password
+        # goes out as Basic auth on every request, so that each request in flight after an
+        # expiry would open an XNAT session of its own.
+        self.session.trust_env = False
+        self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
+        self.session.verify = False if insecure else (
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True)
         self.session.headers.update({
             "User-Agent": f"xnatfs/{__version__} python-requests/{requests.__version__}",
             "Accept": "*/*",
         })
-        # Not None: requests would otherwise read ~/.netrc on every request and send its
-        # password as Basic auth, opening a new XNAT session per request after an expiry.
-        self.session.auth = _cookie_only
         if self.credentials.jsession:
             self.session.cookies.set("JSESSIONID", self.credentials.jsession)
 
@@ -206,9 +211,7 @@ class XnatClient:
 
     def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
         try:
-            # verify passed on each request: requests lets REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE
-            # in the environment override a session's verify=False (so --insecure did nothing)
-            return self.session.request(method, self.url(path), verify=self.session.verify, **kw)
+            return self.session.request(method, self.url(path), **kw)
         except requests.exceptions.SSLError:
             raise ConnectError(
                 f"TLS certificate check failed for {self.base_url} (use --insecure to skip it)"
@@ -331,11 +334,6 @@ class XnatClient:
         if size is None:
             raise ServerError(f"no Content-Length for {uri}")
         return size
-
-
-def _cookie_only(request: requests.PreparedRequest) -> requests.PreparedRequest:
-    """The shared session rides on its cookie alone (see XnatClient.__init__)."""
-    return request
 
 
 def _int_header(resp: requests.Response, name: str) -> int | None:

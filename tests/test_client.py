@@ -158,3 +158,12 @@ def test_one_relogin_for_all_threads_even_with_a_netrc_entry(emu, tmp_path, monk
         for t in threads:
             t.join()
     assert len(opened) == 2  # the first login, then one shared re-login
+
+
+def test_an_alias_token_logs_in_as_its_user(emu):
+    """SSO sites: a token from 'Manage Alias Tokens' is a user/password pair for xnatfs."""
+    alias, secret = emu.issue_token("alice")
+    with client_for(emu, user=alias, password=secret) as client:
+        client.login()
+        assert client.listing("/data/projects")
+    assert {r.user for r in emu.log.records() if r.path == "/data/projects"} == {"alice"}

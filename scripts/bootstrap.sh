@@ -23,8 +23,13 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
     echo "bootstrap: xnatfs needs Python 3.11 or newer" >&2; exit 1; }
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[test]"
+# pip's chatter (index warnings, build notices) is shown only if the install fails
+if ! log=$(.venv/bin/python -m pip install -q --upgrade pip 2>&1 &&
+           .venv/bin/python -m pip install -q -e ".[test]" 2>&1); then
+    printf '%s\n' "$log" >&2
+    echo "bootstrap: installing xnatfs into .venv failed" >&2
+    exit 1
+fi
 
 case "$mode" in
     demo) exec .venv/bin/xnatfs demo "$@" ;;

@@ -486,7 +486,10 @@ class _Transfer:
                                            if i not in claims and not fetcher._have(file, i)])
             self.extra = set(others)
             claims.update(others)
-        self.pieces = _Pieces(body.chunks(min(PIECE, fetcher.chunk_size)))
+        # Pieces of a whole chunk (of the whole body when shorter) come from the socket
+        # straight into their own bytes: no joining, no re-buffering in urllib3.
+        piece = min(fetcher.chunk_size, body.length or fetcher.chunk_size)
+        self.pieces = _Pieces(body.chunks(piece))
 
     def run(self, until: int | None = None) -> bool:
         """Deliver chunks until ``until`` is delivered (True: more remain) or none are left."""

@@ -27,6 +27,15 @@ def parse_size(text: str) -> int:
     return int(float(m[1]) * 1024 ** " KMGT".index(m[2].upper() or " "))
 
 
+def human_size(n: float) -> str:
+    """``1536`` → ``1.5 KiB``: sizes and rates as the commands print them."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

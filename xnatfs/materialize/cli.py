@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from xnatfs.connect import add_connection_options, open_client, server_url
 from xnatfs.errors import UsageError, XnatfsError
-from xnatfs.units import positive_float, positive_int
+from xnatfs.units import human_size, positive_float, positive_int
 
 if TYPE_CHECKING:
     from xnatfs.materialize.download import Output
@@ -150,7 +150,6 @@ def dry_run(tree: Tree, selection: Selection, output: Output, jobs: int, *,
     from xnatfs.materialize.download import existing_size
     from xnatfs.materialize.engine import Workers, listing_threads
     from xnatfs.materialize.plan import PlannedFile, Planner
-    from xnatfs.materialize.report import human
 
     planned: list[tuple[PlannedFile, int | None]] = []
 
@@ -185,7 +184,7 @@ def dry_run(tree: Tree, selection: Selection, output: Output, jobs: int, *,
             print(f"{mark:7} {'?' if r['size'] is None else r['size']:>12}  {r['path']}")
     for failure in failures:
         print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
-    print(f"dry run: {len(rows)} files ({human(total)}) selected; {len(todo)} to download "
-          f"({human(todo_bytes)}), {len(rows) - len(todo)} already in {output.root}",
+    print(f"dry run: {len(rows)} files ({human_size(total)}) selected; {len(todo)} to download "
+          f"({human_size(todo_bytes)}), {len(rows) - len(todo)} already in {output.root}",
           file=sys.stderr)
     return 1 if failures else 0

@@ -18,6 +18,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from xnatfs.units import human_size
+
 
 class Outcome(StrEnum):
     DOWNLOADED = "downloaded"
@@ -60,15 +62,6 @@ class Summary:
     @property
     def rate(self) -> float:
         return self.downloaded_bytes / self.seconds if self.seconds > 0 else 0.0
-
-
-def human(n: float) -> str:
-    """``1536`` → ``1.5 KiB``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 class Report:
@@ -179,7 +172,7 @@ class Report:
         out = self.stream
         for failure in summary.failures:
             print(f"failed: {failure['path']}: {failure['reason']}", file=out)
-        parts = [f"{summary.downloaded} downloaded ({human(summary.downloaded_bytes)})"]
+        parts = [f"{summary.downloaded} downloaded ({human_size(summary.downloaded_bytes)})"]
         if summary.present or summary.verified:
             checked = f" ({summary.verified} checked by MD5)" if summary.verified else ""
             parts.append(f"{summary.present + summary.verified} already present{checked}")
@@ -191,8 +184,9 @@ class Report:
             summary.verified - summary.failed
         if unfinished:
             parts.append(f"{unfinished} not finished")
-        print(f"{summary.selected} files ({human(summary.selected_bytes)}) in {summary.output}: "
-              f"{', '.join(parts)}; {summary.seconds:.1f} s, {human(summary.rate)}/s", file=out)
+        size, rate = human_size(summary.selected_bytes), human_size(summary.rate)
+        print(f"{summary.selected} files ({size}) in {summary.output}: "
+              f"{', '.join(parts)}; {summary.seconds:.1f} s, {rate}/s", file=out)
         if not summary.selected:
             print("note: nothing matched the selection", file=out)
         if summary.size_only:

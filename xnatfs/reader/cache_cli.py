@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from xnatfs.units import human_size
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("cache", help="show or empty the chunk cache of mounts",
@@ -31,22 +33,12 @@ def run(args: argparse.Namespace) -> int:
         stats = cache.stats()
         if args.action == "clear":
             removed = cache.clear()
-            print(f"removed {removed} chunks ({human(int(stats['bytes']))}) from {directory}")
+            print(f"removed {removed} chunks ({human_size(int(stats['bytes']))}) from {directory}")
         else:
             print(f"cache:     {directory}\n"
                   f"chunks:    {stats['entries']}\n"
-                  f"size:      {human(int(stats['bytes']))}\n"
-                  f"disk free: {human(int(stats['disk_free']))}")
+                  f"size:      {human_size(int(stats['bytes']))}\n"
+                  f"disk free: {human_size(int(stats['disk_free']))}")
     finally:
         cache.close()
     return 0
-
-
-def human(n: int) -> str:
-    """1536 → '1.5 KiB'."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")

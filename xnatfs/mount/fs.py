@@ -164,7 +164,14 @@ class XnatFS(mfusepy.Operations):
     def open(self, path: str, fi: Any) -> int:
         if fi.flags & os.O_ACCMODE != os.O_RDONLY:
             raise mfusepy.FuseOSError(errno.EROFS)
-        node = self.tree.lookup(path)
+        parts = split_path(path)
+        if not parts:
+            raise mfusepy.FuseOSError(errno.EISDIR)
+        folder, name = "/".join(parts[:-1]), parts[-1]
+        siblings = self.tree.listdir(folder)  # one walk: the file and what cp -r reads next
+        node = siblings.get(name)
+        if node is None:
+            raise mfusepy.FuseOSError(errno.ENOENT)
         if node.file is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
         file = node.file
@@ -174,8 +181,7 @@ class XnatFS(mfusepy.Operations):
                 raise mfusepy.FuseOSError(errno.ENOENT)
             file = replace(file, size=size)
         handle = FileHandle(self.fetcher, file)
-        folder = "/".join(split_path(path)[:-1])
-        self.folder_ahead.opened(folder, self.tree.listdir(folder), node.file)
+        self.folder_ahead.opened(folder, siblings, node.file)
         with self._lock:
             fi.fh = next(self._ids)
             self._handles[fi.fh] = (handle, self._attrs(node))

@@ -178,10 +178,6 @@ class Tree:
                 return None
         return self._sizes[uri]
 
-    def invalidate(self) -> None:
-        with self._lock:
-            self._listings.clear()
-
     # -- loaders: one per kind of folder backed by a listing ----------------------------
 
     def _load_root(self) -> Children:

@@ -1,8 +1,11 @@
 """The error vocabulary shared by every layer.
 
 Each error carries one human line (its ``str``) that the command line prints as is, an exit
-code for the command line, and an errno for the FUSE layer. Lower layers raise these; front
-ends translate them, so no front end needs to know about requests or HTTP status codes.
+code for the command line, an errno for the FUSE layer, and whether it is ``transient``: worth
+the same request again after a pause (a reset, a 5xx, a body cut short) rather than final (a
+refused login, a missing object, bytes that arrived whole but wrong). Every layer that retries
+asks ``transient``; none keeps its own list. Lower layers raise these; front ends translate
+them, so no front end needs to know about requests or HTTP status codes.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ class XnatfsError(Exception):
 
     exit_code = 1
     errno = errno.EIO
+    transient = False
 
 
 class UsageError(XnatfsError):
@@ -28,6 +32,7 @@ class ConnectError(XnatfsError):
     """The server could not be reached: DNS, refused connection, TLS failure, timeout."""
 
     errno = errno.EIO
+    transient = True
 
 
 class AuthError(XnatfsError):
@@ -54,13 +59,17 @@ class ServerError(XnatfsError):
     """The server answered, but not with what XNAT should answer (5xx, bad JSON, HTML)."""
 
     errno = errno.EIO
+    transient = True
 
 
 class IntegrityError(XnatfsError):
     """Bytes from the server failed a check: short body, wrong Content-Range, MD5 mismatch."""
 
     errno = errno.EIO
+    transient = True
 
 
 class DigestMismatch(IntegrityError):
     """The bytes arrived whole but are not the ones the listing's MD5 describes."""
+
+    transient = False  # the same request would bring the same bytes

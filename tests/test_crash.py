@@ -109,6 +109,9 @@ def test_a_damaged_cache_after_sigkill_is_refetched_not_served(
         for path, data in want.items():
             assert (first / path).read_bytes() == data
         assert first.process is not None
+        deadline = time.monotonic() + 10  # chunks reach the disk after their readers have them
+        while len(list(cache.rglob("*.val"))) < len(want) and time.monotonic() < deadline:
+            time.sleep(0.02)
         first.process.send_signal(signal.SIGKILL)  # no clean shutdown of the cache
         first.process.wait()
         unmount(first.path)

@@ -166,7 +166,16 @@ def test_md5_mismatch_evicts_retries_then_fails(
         fetcher.chunk(wrong, 9)
     assert failure.value.errno == errno.EIO
     assert all(fetcher.cached(wrong, i) is None for i in range(10))
-    assert None in file_gets(emu)[10:]  # the retry fetched the whole file again, checked
+    assert fetcher.taint(wrong) == 1  # handles that were given bytes of it fail from now on
+    # The next reader gets it whole, without Range (ranged answers may be what lied); it
+    # fails its MD5 whole too, so that version of the file is bad: EIO for every read.
+    assert fetcher.chunk(wrong, 0) == expected(f, 0)
+    assert file_gets(emu)[10:][0] is None
+    with pytest.raises(IntegrityError, match="MD5"):
+        for i in range(1, 10):
+            fetcher.chunk(wrong, i)
+    with pytest.raises(IntegrityError, match="MD5"):
+        fetcher.chunk(wrong, 0)
     assert fetcher.chunk(remote(f), 9) == expected(f, 9)  # the right digest still works
 
 

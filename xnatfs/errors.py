@@ -29,10 +29,23 @@ class UsageError(XnatfsError):
 
 
 class ConnectError(XnatfsError):
-    """The server could not be reached: DNS, refused connection, TLS failure, timeout."""
+    """The server cannot be reached at all: DNS, refused connection, no route, TLS failure.
+    Unlike one failed request, this is worth failing fast for (see ``TransferError``)."""
 
     errno = errno.EIO
     transient = True
+
+
+class TransferError(XnatfsError):
+    """One request failed on the way (a reset, a timeout, a body cut short by the network):
+    the server is there, and the same request may well succeed."""
+
+    errno = errno.EIO
+    transient = True
+
+
+class ServerTimeout(TransferError):
+    """The server accepted the request but sent nothing for the whole timeout."""
 
 
 class AuthError(XnatfsError):

@@ -48,7 +48,7 @@ def _line(tree: Tree, path: str, node: Node, long: bool) -> str:
     shown = path + ("/" if node.is_dir else "")
     if not long:
         return shown
-    size = 0 if node.is_dir else tree.file_size(node)
+    size = 0 if node.is_dir else tree.resolve(node).size
     stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(node.mtime))
     kind = "d" if node.is_dir else "-"
     return f"{kind} {'?' if size is None else size:>12} {stamp} {shown}"

@@ -30,8 +30,10 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES.get(name.rpartition(".")[2].lower(), "application/octet-stream")
 
 
-def file_listing(scope: Scope, query: dict[str, str], context_path: str) -> Response:
-    rows = [listings.file_row(f, scope.base(r)) for r in scope.resources for f in r.files]
+def file_listing(scope: Scope, query: dict[str, str], context_path: str, *,
+                 blank: bool = False) -> Response:
+    rows = [listings.file_row(f, scope.base(r), blank=blank)
+            for r in scope.resources for f in r.files]
     for column in ("file_format", "file_content"):
         if column in query:
             wanted = "" if query[column] == "NULL" else query[column]

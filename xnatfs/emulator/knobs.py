@@ -56,6 +56,19 @@ class EmulatorConfig:
     """True: a range past the end gets 416. XNAT does not check, it sends a short body."""
     shuffle_rows: bool = False
     """Shuffle row order in listings, as an unordered SQL result may."""
+    login_page_rate: float = 0.0
+    """Fraction of data requests (listings, items, files; GET and HEAD) whose session is
+    dropped and that get 200 + the HTML login page, as a flaky session store behind a proxy
+    gives."""
+    shift_rate: float = 0.0
+    """Fraction of 206 file bodies whose bytes are one off (from start+1, or start-1 at the
+    end of the file) under correct headers: a lying proxy or cache."""
+    blank_file_rows: bool = False
+    """Every file row of a listing has an empty Size and digest (XNAT before a catalog
+    refresh)."""
+    fault_streak: int | None = None
+    """At most this many faults in a row for the same request (method, path, query, range);
+    the next try of it is clean. None: no limit."""
     fault_kinds: frozenset[str] | None = None
     """Kinds of answer (see ``Record.kind``, e.g. ``{"file", "zip"}``) the fault knobs may
     hit. None: errors hit any request, truncations, resets and stalls hit data bodies

@@ -108,11 +108,13 @@ def resource_row(resource: Resource) -> Row:
             "content": resource.content, "format": resource.format}
 
 
-def file_row(f: File, base: str) -> Row:
-    return {"Name": f.name, "Size": str(f.size) if f.size_listed else "",
+def file_row(f: File, base: str, *, blank: bool = False) -> Row:
+    """``blank``: no Size and no digest, as before XNAT's catalog refresh."""
+    listed = not blank
+    return {"Name": f.name, "Size": str(f.size) if f.size_listed and listed else "",
             "URI": f"{base}/files/{f.relpath}", "collection": f.resource.label,
             "file_tags": f.tags, "file_format": f.file_format, "file_content": f.file_content,
-            "cat_ID": str(f.resource.id), "digest": f.md5 if f.digest_listed else ""}
+            "cat_ID": str(f.resource.id), "digest": f.md5 if f.digest_listed and listed else ""}
 
 
 def _modality(xsi_type: str) -> str:

@@ -55,6 +55,9 @@ class Emulator:
         self._stopping = threading.Event()
         self._rng = random.Random(self.config.seed)
         self._rng_lock = threading.Lock()
+        self._streaks: dict[tuple[str, ...], int] = {}  # faults in a row per request
+        self._thawed = threading.Event()
+        self._thawed.set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -104,6 +107,13 @@ class Emulator:
         token = self.auth.issue_token(user)
         return token.alias, token.secret
 
+    def freeze(self) -> None:
+        """Accept connections but answer nothing, like a server stopped with SIGSTOP."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
     def expire_sessions(self) -> None:
         """Expire every JSESSIONID now, without waiting for ``session_timeout``."""
         self.auth.expire_sessions()
@@ -112,6 +122,23 @@ class Emulator:
         """Three seeded draws per request: error, body fault, fault position."""
         with self._rng_lock:
             return self._rng.random(), self._rng.random(), self._rng.random()
+
+    def _chance(self) -> float:
+        with self._rng_lock:
+            return self._rng.random()
+
+    def _may_fault(self, key: tuple[str, ...]) -> bool:
+        """Whether this request may be faulted (``fault_streak`` not yet reached for it)."""
+        limit = self.config.fault_streak
+        with self._rng_lock:
+            return limit is None or self._streaks.get(key, 0) < limit
+
+    def _faulted(self, key: tuple[str, ...], fault: bool) -> None:
+        with self._rng_lock:
+            if fault:
+                self._streaks[key] = self._streaks.get(key, 0) + 1
+            else:
+                self._streaks.pop(key, None)
 
     def _shuffler(self) -> random.Random:
         """A generator for one listing's row order, seeded from the main one."""
@@ -187,6 +214,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         emulator = self.server.emulator
+        while not emulator._thawed.wait(0.1):
+            if emulator._stopping.is_set():
+                self.close_connection = True
+                return
         config = emulator.config
         target, _, query_string = self.path.partition("?")
         ctx = config.path_prefix
@@ -207,9 +238,14 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("emulator failed on %s %s", self.command, self.path)
             response = _error_response(HttpError(500, "Internal Server Error"))
         record.user = visitor.user
-        draws = emulator._draw()
+        key = (self.command, path, query_string, headers.get("range", ""))
+        may_fault = emulator._may_fault(key)
+        draws = emulator._draw() if may_fault else (1.0, 1.0, 0.0)
+        if may_fault:
+            self._lie(response, record, visitor)
         self._delay_and_fail(response, record, draws)
         plan = self._plan(response, record, draws)
+        emulator._faulted(key, record.fault is not None)
         try:
             self._send(response, record, plan, emulator.gate.cookies(visitor))
         except Abort as abort:
@@ -245,6 +281,27 @@ class _Handler(BaseHTTPRequestHandler):
         return b""
 
     # -- faults ---------------------------------------------------------------------------
+
+    def _lie(self, response: Response, record: Record, visitor: Visitor) -> None:
+        """The faults that keep a success status: a login page for a dropped session, and
+        a range whose bytes are one off under correct headers."""
+        emulator = self.server.emulator
+        config = emulator.config
+        if config.login_page_rate and response.kind in DATA_KINDS and response.status == 200 \
+                and emulator._chance() < config.login_page_rate:
+            if visitor.session is not None:
+                emulator.auth.close_session(visitor.session.id)
+            visitor.new_session = False
+            page = pages.login_page(config.path_prefix)
+            _become(response, 200, page)
+            response.headers = [("Content-Type", "text/html;charset=UTF-8")]
+            response.kind = "auth"
+            record.fault = "login"
+        elif config.shift_rate and response.status == 206 and response.content is not None \
+                and emulator._chance() < config.shift_rate:
+            size = response.content.size
+            response.start += 1 if response.start + response.length < size else -1
+            record.fault = "shift"
 
     def _delay_and_fail(self, response: Response, record: Record,
                         draws: tuple[float, float, float]) -> None:

@@ -129,7 +129,8 @@ class View:
         assert target.scope is not None
         if self.query.get("format") == "zip":
             return downloads.zip_download(target.scope, self.query)
-        return downloads.file_listing(target.scope, self.query, self.config.path_prefix)
+        return downloads.file_listing(target.scope, self.query, self.config.path_prefix,
+                                      blank=self.config.blank_file_rows)
 
     def _file(self, target: Target) -> Response:
         assert target.scope is not None and target.path is not None

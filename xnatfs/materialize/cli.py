@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from xnatfs.tree.model import Tree
 
 DEFAULT_JOBS = 16
-LISTING_TIMEOUT = 300.0  # a listing of a large session may take minutes to start (xnatpy: 300)
+LISTING_PATIENCE = 5  # a listing of a large session may take minutes to start (xnatpy: 300 s)
 EPILOG = """\
 DIR holds every file at its tree path, as the mount shows it: `materialize URL P1/S1 -o out`
 gives out/P1/S1/... (the same as `cd MOUNT && cp -r --parents P1/S1 out/`), so several runs,
@@ -82,7 +82,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
                    help="give up on a transfer silent for this long, then retry (default 60; "
-                        "listings may take at least 300)")
+                        "a listing may take five times as long to start)")
     p.add_argument("--cache-dir", metavar="DIR",
                    help="the mount's chunk cache: chunks found there are copied, not "
                         "downloaded (only read; default: the mount's default cache)")
@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     output = Output(args.output, create=not args.dry_run)
     pool = jobs + listing_threads(jobs) + 4
     with open_client(args, url, pool_size=pool, read_timeout=timeout,
-                     listing_timeout=max(timeout, LISTING_TIMEOUT)) as client:
+                     listing_timeout=timeout * LISTING_PATIENCE) as client:
         tree = Tree(client)
         if not paths:
             paths = choose_projects(sorted(tree.children(tree.root)), out=sys.stderr)
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             return dry_run(tree, selection, output, jobs, as_json=args.json)
         cache_dir = args.cache_dir or default_cache_dir()
         cache = ChunkCache(cache_dir) if os.path.isdir(cache_dir) else None
-        fetcher = Fetcher(client, cache, max_parallel=1, deadline=max(60.0, 3 * timeout))
+        fetcher = Fetcher(client, cache, max_parallel=1, deadline=timeout)
         report = Report(output.root)
         options = Options(jobs=jobs, verify=args.verify, overwrite=args.overwrite)
         try:
@@ -154,7 +154,7 @@ def dry_run(tree: Tree, selection: Selection, output: Output, jobs: int, *,
     planned: list[tuple[PlannedFile, int | None]] = []
 
     def emit(pf: PlannedFile) -> None:
-        size = pf.file.size if pf.file.size is not None else tree.file_size(pf.node)
+        size = tree.resolve(pf.node).size
         planned.append((pf, size))
 
     listers = Workers(listing_threads(jobs), "xnatfs-list")

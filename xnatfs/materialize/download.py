@@ -72,14 +72,41 @@ class Output:
 
     def target(self, tree_path: str) -> Target:
         """The final and part names for a tree path; a component that could leave its folder
-        (which the tree never produces) is refused."""
+        (which the tree never produces) is refused, and so is a symbolic link on the way,
+        before anything is looked at there: what it leads to is not in the output folder, so
+        nothing there may count as present either."""
         parts = tree_path.split("/")
         for part in parts:
             if part in ("", ".", "..") or "\0" in part or \
                     len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
                 raise LocalError(f"refusing unsafe name {part!r} in {tree_path!r}")
         final = os.path.join(self.root, *parts)
+        self._check_parents(final)
         return Target(final, os.path.join(os.path.dirname(final), part_name(parts[-1])))
+
+    def _check_parents(self, final: str) -> None:
+        """Every folder on the way to ``final`` that exists is a real folder."""
+        where = os.path.dirname(final)
+        chain = []
+        while True:
+            with self._lock:
+                if where in self._dirs:
+                    break
+            chain.append(where)
+            where = os.path.dirname(where)
+        for folder in reversed(chain):
+            try:
+                mode = os.lstat(folder).st_mode
+            except FileNotFoundError:
+                return  # nothing exists below a missing folder
+            except OSError as exc:
+                raise local_error(exc, folder) from None
+            if stat.S_ISLNK(mode):
+                raise LocalError(f"refusing to follow the symbolic link {folder}")
+            if not stat.S_ISDIR(mode):
+                raise LocalError(f"{folder} exists and is not a folder")
+            with self._lock:
+                self._dirs.add(folder)
 
     def make_parents(self, target: Target) -> None:
         """Create the folders down to ``target`` one by one, refusing to pass a symbolic link

@@ -219,15 +219,12 @@ class Engine:
         target = self.output.target(planned.path)
         remote = planned.file
         if remote.size is None:
-            size = self.tree.file_size(planned.node)
-            if size is None:
-                raise XnatfsError("not found on the server")
+            remote = self.tree.resolve(planned.node)
             with self._lock:
                 known = planned.path in self._sizes
-                self._sizes[planned.path] = size
+                self._sizes[planned.path] = remote.size
             if not known:  # a retry round: already counted
-                self.report.resolved_size(size)
-            remote = RemoteFile(remote.uri, size, remote.digest)
+                self.report.resolved_size(remote.size)
         assert remote.size is not None
         replaced = False
         if existing_size(target.final) == remote.size and not self.options.overwrite:

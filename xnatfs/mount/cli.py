@@ -26,7 +26,7 @@ from typing import Any
 from xnatfs.connect import add_connection_options, open_client, server_url
 from xnatfs.errors import UsageError, XnatfsError
 from xnatfs.units import parse_size, positive_float
-from xnatfs.xnat.client import XnatClient
+from xnatfs.xnat.client import GRACE, XnatClient
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     mountpoint = check_mountpoint(args.mountpoint)
     options = fuse_options(args.options)
     check_fuse()
-    client = open_client(args, url, read_timeout=args.timeout)  # bad credentials end here
+    # --timeout bounds every request of the mount, listings included: no FUSE call waits longer
+    client = open_client(args, url, read_timeout=args.timeout,
+                         listing_timeout=args.timeout)  # bad credentials end here
     return serve(args, mountpoint, options, lambda: client,
                  lambda _: f"xnatfs: mounted {url} at {mountpoint}")
 
@@ -275,8 +277,8 @@ def _mount(
     except OSError as exc:
         raise XnatfsError(f"cannot use the cache folder {exc.filename or args.cache_dir}: "
                           f"{exc.strerror or exc}") from None
-    fetcher = Fetcher(client, cache, cache.chunk_size)
-    tree = Tree(client, ttl=args.ttl, projects=getattr(args, "project", None))
+    fetcher = Fetcher(client, cache, cache.chunk_size, deadline=args.timeout + GRACE)
+    tree = Tree(client, ttl=args.ttl, projects=getattr(args, "project", None), wait=args.timeout)
     before = os.stat(mountpoint).st_dev
     live = threading.Event()
 
@@ -359,7 +361,7 @@ def _demo_client(timeout: float) -> XnatClient:
                         users={DEMO_USER: DEMO_PASSWORD})
     emulator.start()
     client = XnatClient(emulator.url, Credentials(DEMO_USER, DEMO_PASSWORD, source="demo"),
-                        read_timeout=timeout)
+                        read_timeout=timeout, listing_timeout=timeout)
     client.login()
     return client
 

@@ -21,8 +21,9 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from typing import Any, ParamSpec, TypeVar
+
+from cachetools import LRUCache
 
 from xnatfs.errors import XnatfsError
 from xnatfs.mount.libfuse import mfusepy
@@ -97,10 +98,15 @@ class XnatFS(mfusepy.Operations):
         self.folder_ahead = FolderAhead(fetcher)
         self.on_init = on_init
         self.uid, self.gid = os.getuid(), os.getgid()
-        self._handles: dict[int, tuple[FileHandle, dict[str, int]]] = {}
+        self._handles: dict[int, tuple[FileHandle, dict[str, int], str]] = {}
+        # path -> attributes, for files open now: fstat() of an open file (the kernel asks by
+        # path) never waits on the server, even while a listing hangs
+        self._open_attrs: dict[str, tuple[int, dict[str, int]]] = {}  # (open count, attrs)
         self._dirs: dict[int, Node] = {}
         self._ids = itertools.count(1)
-        self._opened: dict[str, str] = {}  # path -> file version at its last open
+        # path -> file version at its last open (bounded: a path forgotten just loses its
+        # page cache once, at its next open)
+        self._opened: LRUCache[str, tuple[str, int]] = LRUCache(1 << 16)
         self._lock = threading.Lock()
 
     # -- set-up ----------------------------------------------------------------------------
@@ -119,7 +125,8 @@ class XnatFS(mfusepy.Operations):
         if path is None:  # fstat() of an open file or folder: the handle knows
             folder = self._dirs.get(fh.fh)
             return self._attrs(folder) if folder is not None else self._handles[fh.fh][1]
-        return self._attrs(self.tree.lookup(path))
+        held = self._open_attrs.get(path)
+        return held[1] if held is not None else self._attrs(self.tree.lookup(path))
 
     def _attrs(self, node: Node) -> dict[str, int]:
         ns = int(node.mtime * 1e9)
@@ -128,7 +135,7 @@ class XnatFS(mfusepy.Operations):
         if node.is_dir:
             attrs.update(st_mode=_DIR["st_mode"], st_nlink=2)
         else:
-            size = self.tree.file_size(node) or 0
+            size = self.tree.resolve(node).size or 0
             attrs.update(st_mode=_FILE["st_mode"], st_nlink=1, st_size=size,
                          st_blocks=-(-size // 512))
         return attrs
@@ -174,20 +181,20 @@ class XnatFS(mfusepy.Operations):
             raise mfusepy.FuseOSError(errno.ENOENT)
         if node.file is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
-        file = node.file
-        if file.size is None:
-            size = self.tree.file_size(node)
-            if size is None:
-                raise mfusepy.FuseOSError(errno.ENOENT)
-            file = replace(file, size=size)
+        file = self.tree.resolve(node)
         handle = FileHandle(self.fetcher, file)
         self.folder_ahead.opened(folder, siblings, node.file)
         with self._lock:
             fi.fh = next(self._ids)
-            self._handles[fi.fh] = (handle, self._attrs(node))
-            # The page cache may keep what it has unless the file changed since it was read.
-            fi.keep_cache = self._opened.get(path, file.version) == file.version
-            self._opened[path] = file.version
+            attrs = self._attrs(node)
+            count = self._open_attrs.get(path, (0, attrs))[0]
+            self._open_attrs[path] = (count + 1, attrs)
+            self._handles[fi.fh] = (handle, attrs, path)
+            # The page cache may keep what it has unless the file changed since it was read,
+            # or bytes of it failed their MD5 since (they may be in the page cache).
+            state = (file.version, self.fetcher.taint(file))
+            fi.keep_cache = self._opened.get(path) == state
+            self._opened[path] = state
         return 0
 
     @_errno
@@ -196,7 +203,10 @@ class XnatFS(mfusepy.Operations):
 
     def release(self, path: str | None, fh: Any) -> int:
         with self._lock:
-            handle, _ = self._handles.pop(fh.fh)
+            handle, _, path = self._handles.pop(fh.fh)
+            count, attrs = self._open_attrs.pop(path)
+            if count > 1:
+                self._open_attrs[path] = (count - 1, attrs)
         handle.close()
         return 0
 

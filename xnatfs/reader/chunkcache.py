@@ -42,6 +42,7 @@ import diskcache
 from diskcache.core import MODE_BINARY, UNKNOWN
 from platformdirs import user_cache_dir
 
+from xnatfs.dirs import private_dir
 from xnatfs.tree.model import RemoteFile
 
 log = logging.getLogger(__name__)
@@ -152,8 +153,7 @@ class ChunkCache:
         self.directory = os.path.abspath(directory or default_cache_dir())
         self.size_limit = size_limit
         self.chunk_size = chunk_size
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        os.chmod(self.directory, 0o700)
+        private_dir(self.directory)
         if min_free is None:
             min_free = int(shutil.disk_usage(self.directory).total * MIN_FREE_FRACTION)
         self.min_free = min_free

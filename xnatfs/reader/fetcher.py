@@ -11,15 +11,16 @@ Contract (stable; other front ends code against it)
     memory, then the disk cache, else with one ranged GET; a file of one chunk is fetched whole,
     without Range. Concurrent callers of one chunk share one request. When the server ignores
     Range (200 instead of 206), the file is streamed once from byte 0 and every chunk of it is
-    kept (in the disk cache when there is one, even with ``store=False``, so the next chunk is
-    not streamed again); waiting callers are served from that stream. Short bodies, wrong
+    kept in memory (and on disk, unless ``store=False``), so the next chunk is not streamed
+    again; waiting callers are served from that stream. Short bodies, wrong
     Content-Range, 5xx and MD5 mismatches are retried with backoff, a bounded number of times
     within a deadline, then raised as an XnatfsError (``.errno`` is EIO). 403/404 and refused
     credentials are raised at once. Once the server cannot be reached (the client has retried
     the connection already), fetches fail at once, except one probe a second, until it answers:
     a dead server costs each reader an immediate EIO, not minutes. Cached chunks are still
-    served. ``store=False`` keeps the chunk out of both caches (for callers that write the
-    bytes out themselves).
+    served. ``store=False`` keeps the chunk out of both caches and never reads the disk cache
+    (for callers that write the bytes out themselves and check them with their own MD5:
+    materialize, whose files need not carry the listing's digest in their cache key).
 ``cached(file, index) -> bytes | None``
     The chunk if memory or the disk cache has it (checked); never touches the network.
 ``prefetch(file, first, last) -> Future``
@@ -34,11 +35,17 @@ request is taken, so it is found there even if memory let it go.
 
 MD5: when the listing has a digest, a file fetched from its first chunk onwards is hashed in
 order as chunks arrive (GIL-free, after the reader has its bytes, except for the last chunk,
-which is held back until the hash is checked; so is whichever chunk completes the hash). A
-mismatch evicts every chunk of the file and fails that read; the retry streams the whole file
-through MD5 once more, keeping nothing, and only a match lets reads go on; a second mismatch is
-EIO for every later read of that file version. The end of a file read without its start is
-served unchecked but never kept, so a later whole-file read meets the check.
+which is held back until the hash is checked; so is whichever chunk completes the hash). The
+guarantee is about what a reader received: a mismatch evicts every chunk of the file, fails
+that read, and ``taint(file)`` moves on, so every handle that was given bytes of the file before
+fails its next read too (``FileHandle`` checks it). The file is then fetched whole, without
+Range: if those bytes pass, the server's ranged answers are what lied, and every file is read
+whole from then on; if they fail too, the file version is bad and every read of it is EIO.
+The end of a file read without its start is served unchecked but never kept, so a later
+whole-file read meets the check.
+
+A server that answers a Range with 200 is remembered: from then on every file is streamed once
+from its start, for all of its readers, instead of once per reader and range.
 """
 
 from __future__ import annotations
@@ -53,7 +60,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from cachetools import LRUCache
 
-from xnatfs.errors import ConnectError, DigestMismatch, IntegrityError, ServerError
+from xnatfs.errors import (
+    ConnectError,
+    DigestMismatch,
+    IntegrityError,
+    ServerTimeout,
+    XnatfsError,
+)
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import CHUNK as PIECE
@@ -61,7 +74,6 @@ from xnatfs.xnat.client import Body, XnatClient
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = (IntegrityError, ServerError, ConnectError)
 PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be reached
 MAX_DIGESTS = 8  # files whose MD5 is being computed at once (each holds chunks pending)
 FileKey = tuple[str, str]
@@ -82,6 +94,7 @@ class _Digest:
         self.next = 0
         self.pending: dict[int, bytes] = {}
         self.busy = False
+        self.ranged = False  # some bytes came from ranged answers
         self.verdict: bool | None = None  # set once the whole file is hashed
         self.cond = threading.Condition()
 
@@ -159,8 +172,10 @@ class Fetcher:
         self._lock = threading.Lock()  # guards _inflight, _digests, _suspect, _bad
         self._inflight: dict[Key, Future[bytes]] = {}
         self._digests: LRUCache[FileKey, _Digest] = LRUCache(MAX_DIGESTS)
-        self._suspect: set[FileKey] = set()
-        self._bad: set[FileKey] = set()  # failed their MD5 twice: never served again
+        self._suspect: set[FileKey] = set()  # failed their MD5: fetched whole from now on
+        self._bad: set[FileKey] = set()  # failed it whole too: never served again
+        self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
+        self.whole_files: str | None = None  # why every file is fetched whole, if it is
         self._unreachable = False
         self._next_probe = 0.0
         self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="xnatfs-fetch")
@@ -182,43 +197,24 @@ class Fetcher:
             raise ValueError(f"chunk {index} out of range for {file.uri} ({file.size} bytes)")
         deadline = time.monotonic() + self.deadline
         delay = self.backoff
-        rechecked = False
         for attempt in itertools.count():
             if _file_key(file) in self._bad:
                 raise DigestMismatch(f"{file.uri} does not match its MD5 {file.digest}")
             try:
-                return self._chunk_once(file, index, store)
-            except DigestMismatch:
-                # Bytes may already be out before a mismatch shows: check the whole file
-                # once more before serving any more of it; a second mismatch is final.
-                if rechecked or not self._recheck(file):
-                    with self._lock:
-                        self._bad.add(_file_key(file))
-                    raise
-                rechecked = True
-            except RETRYABLE as exc:
-                if attempt >= self.retries or time.monotonic() + delay > deadline \
-                        or self._unreachable:
+                return self._chunk_once(file, index, store, deadline)
+            except XnatfsError as exc:
+                if not exc.transient or attempt >= self.retries or self._unreachable \
+                        or time.monotonic() + delay > deadline:
                     raise
                 log.info("retrying %s chunk %d after: %s", file.uri, index, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 4.0)
         raise AssertionError("unreachable")
 
-    def _recheck(self, file: RemoteFile) -> bool:
-        """Stream the whole file through MD5, keeping nothing: does it match now?"""
-        md5 = hashlib.md5()
-        try:
-            with self.client.open_file(file.uri) as body:
-                for piece in body.chunks():
-                    md5.update(piece)
-        except RETRYABLE:
-            return False
-        if md5.hexdigest() != file.digest:
-            return False
-        with self._lock:
-            self._suspect.discard(_file_key(file))
-        return True
+    def taint(self, file: RemoteFile) -> int:
+        """How many times bytes of this file version failed its MD5: a handle that was given
+        any bytes before this number moved must not give out any more."""
+        return self._taint.get(_file_key(file), 0)
 
     def cached(self, file: RemoteFile, index: int) -> bytes | None:
         """The chunk from memory or the disk cache, or None; never the network."""
@@ -238,7 +234,7 @@ class Fetcher:
 
     # -- getting one chunk ---------------------------------------------------------------
 
-    def _chunk_once(self, file: RemoteFile, index: int, store: bool) -> bytes:
+    def _chunk_once(self, file: RemoteFile, index: int, store: bool, deadline: float) -> bytes:
         """Memory, else whoever claims the chunk first loads it from disk or the network while
         the others wait for it (FUSE sends several reads of one chunk at once)."""
         key = _key(file, index)
@@ -259,9 +255,13 @@ class Fetcher:
             else:
                 mine = None
         if mine is None:
-            return future.result()
+            try:
+                return future.result(max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise ServerTimeout(f"chunk {index} of {file.uri} is still on its way after "
+                                    f"{self.deadline:g} s") from None
         try:
-            data = self.cache.get(file, index) if self.cache is not None else None
+            data = self.cache.get(file, index) if self.cache is not None and store else None
         except BaseException as exc:  # never leave the others waiting on a dead claim
             self._fail(file, {index: mine}, exc)
             raise
@@ -310,7 +310,8 @@ class Fetcher:
         body = None
         try:
             self._may_connect()
-            whole = self.chunk_count(file) == 1 or _file_key(file) in self._suspect
+            whole = self.chunk_count(file) == 1 or self.whole_files is not None \
+                or _file_key(file) in self._suspect
             try:
                 if whole:
                     body = self.client.open_file(file.uri)
@@ -323,6 +324,10 @@ class Fetcher:
                     self._next_probe = time.monotonic() + PROBE_INTERVAL
                 raise
             self._unreachable = False
+            if not whole and not body.ranged and self.whole_files is None:
+                self.whole_files = "the server ignores Range"
+                log.warning("%s ignores Range: every file is streamed whole from now on",
+                            self.client.base_url)
             transfer = _Transfer(self, file, body, claims, store)
         except BaseException as exc:
             self._fail(file, claims, exc)
@@ -347,7 +352,7 @@ class Fetcher:
 
     def _deliver(
         self, file: RemoteFile, index: int, data: bytes, claims: dict[int, Future[bytes]], *,
-        memory: bool, disk: bool,
+        memory: bool, disk: bool, ranged: bool,
     ) -> None:
         """Hand one chunk to its waiters and the caches; the MD5 sees it too."""
         start, end = self.chunk_bounds(file, index)
@@ -360,7 +365,7 @@ class Fetcher:
         # bytes served unchecked (a reader of the end only) are not kept: a later whole-file
         # read must fetch them again and meet the check.
         early = bool(file.digest) and (last or self._ends_digest(file))
-        verified = self._digest(file, index, data, last=last) if early else False
+        verified = self._digest(file, index, data, last=last, ranged=ranged) if early else False
         keep = verified or not last or not file.digest
         key = _key(file, index)
         if memory and keep:
@@ -373,7 +378,7 @@ class Fetcher:
         if disk and keep and self.cache is not None:
             self.cache.put(file, index, data)
         if not early:
-            self._digest(file, index, data)
+            self._digest(file, index, data, ranged=ranged)
 
     def _ends_digest(self, file: RemoteFile) -> bool:
         """Whether the file's last chunk already waits in its MD5, so this one may finish it."""
@@ -395,7 +400,8 @@ class Fetcher:
 
     # -- MD5 ---------------------------------------------------------------------------------
 
-    def _digest(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False) -> bool:
+    def _digest(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False,
+                ranged: bool = True) -> bool:
         """Feed the file's running MD5; True once it completes right, IntegrityError if wrong,
         else False (not known yet, or never: the file was not read from its start). For the
         ``last`` chunk, first bring the MD5 to its end if the chunks before can be had."""
@@ -408,6 +414,7 @@ class Fetcher:
                 if index >= MAX_PENDING:
                     return False  # not read from its start: only sizes are checked
                 state = self._digests[fkey] = _Digest(file.digest, self.chunk_count(file))
+            state.ranged |= ranged
 
         def fill(i: int) -> bytes | None:
             return self.cached(file, i)
@@ -428,10 +435,20 @@ class Fetcher:
         with self._lock:
             self._digests.pop(fkey, None)
             if verdict:
-                self._suspect.discard(fkey)
+                if fkey in self._suspect and self.whole_files is None:
+                    self.whole_files = "the server's ranged answers failed MD5 checks"
+                    log.warning("%s sent wrong bytes for ranges of %s that pass whole: every "
+                                "file is fetched whole from now on", self.client.base_url,
+                                file.uri)
                 return True
-            self._suspect.add(fkey)
+            self._taint[fkey] = self._taint.get(fkey, 0) + 1
+            if state.ranged:
+                self._suspect.add(fkey)
+            else:
+                self._bad.add(fkey)
         self._evict(file)
+        log.warning("%s failed its MD5 check%s", file.uri,
+                    "; fetching it whole" if state.ranged else ": EIO for every read of it")
         raise DigestMismatch(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
 
     def _finish(self, file: RemoteFile, state: _Digest,
@@ -466,7 +483,7 @@ class Fetcher:
 class _Transfer:
     """One response body cut into chunks. A 200 (the server ignored Range, or a whole-file GET)
     claims every chunk nobody else is fetching, so the file is streamed once for everybody; the
-    chunks claimed that way go to the disk cache (or, without one, to memory) for later readers."""
+    chunks claimed that way go to memory (and to disk, for callers that store) for later readers."""
 
     def __init__(self, fetcher: Fetcher, file: RemoteFile, body: Body,
                  claims: dict[int, Future[bytes]], store: bool) -> None:
@@ -494,7 +511,6 @@ class _Transfer:
     def run(self, until: int | None = None) -> bool:
         """Deliver chunks until ``until`` is delivered (True: more remain) or none are left."""
         fetcher, file = self.fetcher, self.file
-        has_disk = fetcher.cache is not None
         try:
             while self.claims:
                 start, end = fetcher.chunk_bounds(file, self.index)
@@ -502,10 +518,10 @@ class _Transfer:
                 if self.index in self.claims:
                     extra = self.index in self.extra
                     fetcher._deliver(file, self.index, data, self.claims,
-                                     memory=self.store or (extra and not has_disk),
-                                     disk=self.store or extra)
+                                     memory=self.store or extra, disk=self.store,
+                                     ranged=self.body.ranged)
                 else:
-                    fetcher._digest(file, self.index, data)
+                    fetcher._digest(file, self.index, data, ranged=self.body.ranged)
                 self.index += 1
                 if until is not None and self.index > until and self.claims:
                     return True

@@ -1,7 +1,13 @@
-"""One open file: FUSE-sized reads served from whole chunks, read-ahead advised first."""
+"""One open file: FUSE-sized reads served from whole chunks, read-ahead advised first.
+
+A handle remembers the file's MD5 taint count (``Fetcher.taint``) from before it gave out its
+first bytes; once that count moves, some bytes it gave out may have been wrong, so every later
+read of this handle fails (EIO): the program reading learns of it before it reaches the end.
+"""
 
 from __future__ import annotations
 
+from xnatfs.errors import DigestMismatch
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.readahead import Readahead
 from xnatfs.tree.model import RemoteFile
@@ -17,10 +23,15 @@ class FileHandle:
         self.file = file
         self.size = file.size
         self.readahead = Readahead(fetcher, file) if fetcher.chunk_count(file) > 1 else None
+        self._taint = fetcher.taint(file)
+        self._gave = False
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size), fewer at the end of the file, b"" past it."""
         end = min(offset + size, self.size)
+        if self._gave and self.fetcher.taint(self.file) != self._taint:
+            raise DigestMismatch(f"{self.file.uri}: bytes read earlier through this handle "
+                                 "failed the file's MD5 check; open it again")
         if offset >= end:
             return b""
         if self.readahead is not None:
@@ -33,6 +44,7 @@ class FileHandle:
             base = index * chunk_size
             lo, hi = max(offset - base, 0), min(end - base, len(data))
             parts.append(data if (lo, hi) == (0, len(data)) else data[lo:hi])
+        self._gave = True
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def close(self) -> None:

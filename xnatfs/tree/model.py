@@ -5,7 +5,9 @@ session, assessor, subject and project ``resources`` folders. Below a session th
 zip layout. Each folder is filled from as few listings as XNAT allows (a whole session comes
 from its scan listing plus one ``files?all=true`` listing), so walking a project costs requests
 in proportion to its sessions, never to its files. Listings are kept for ``ttl`` seconds and
-fetched once however many threads ask at the same time.
+fetched once however many threads ask at the same time. A caller that would wait longer than
+``wait`` seconds for a listing another thread is fetching gets an error instead: a hung server
+must cost each lookup at most the timeout, not a place in a queue behind it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from datetime import datetime
 
 from cachetools import TTLCache
 
-from xnatfs.errors import NotFound
+from xnatfs.errors import NotFound, ServerTimeout
 from xnatfs.tree.names import assign_names, scan_folder_name
 from xnatfs.xnat.client import XnatClient, data_path
 from xnatfs.xnat.rows import Assessor, Experiment, FileRow, Project, Scan, Subject
@@ -100,16 +102,18 @@ class Tree:
     """Tree paths over one XNAT server. Thread-safe."""
 
     def __init__(
-        self, client: XnatClient, *, ttl: float = 60.0, projects: Iterable[str] | None = None
+        self, client: XnatClient, *, ttl: float = 60.0, projects: Iterable[str] | None = None,
+        wait: float | None = None,
     ) -> None:
         self.client = client
         self.ttl = ttl
+        self.wait = wait
         self.projects = list(projects) if projects else None
         self.started = time.time()
         self._listings: TTLCache[tuple[str, ...], Children] = TTLCache(1 << 20, ttl)
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, ...], threading.Lock] = {}
-        self._sizes: dict[str, int] = {}
+        self._sizes: TTLCache[str, int] = TTLCache(1 << 16, ttl)  # sizes no listing gave
         self.root = Node("", Context(), self.started, load=self._load_root, key=("root",))
 
     # -- public API ----------------------------------------------------------------------
@@ -124,7 +128,10 @@ class Tree:
             if node.key in self._listings:
                 return self._listings[node.key]
             gate = self._key_locks.setdefault(node.key, threading.Lock())
-        with gate:
+        if not gate.acquire(timeout=-1 if self.wait is None else self.wait):
+            raise ServerTimeout(f"the listing of {node.name or '/'} is still on its way "
+                                f"after {self.wait:g} s")
+        try:
             with self._lock:
                 if node.key in self._listings:
                     return self._listings[node.key]
@@ -133,6 +140,8 @@ class Tree:
                 self._listings[node.key] = value
                 self._key_locks.pop(node.key, None)
             return value
+        finally:
+            gate.release()
 
     def lookup(self, path: str) -> Node:
         """The node at a tree path like ``/P1/S1/E1/scans``; NotFound if there is none."""
@@ -165,18 +174,19 @@ class Tree:
             kids = sorted(self.children(node).items(), reverse=True)
             stack.extend((f"{where}/{name}" if where else name, kid) for name, kid in kids)
 
-    def file_size(self, node: Node) -> int | None:
-        """The listing's size, or the server's Content-Length when the listing had none."""
-        assert node.file is not None
-        if node.file.size is not None:
-            return node.file.size
-        uri = node.file.uri
-        if uri not in self._sizes:
-            try:
-                self._sizes[uri] = self.client.file_size(uri)
-            except NotFound:
-                return None
-        return self._sizes[uri]
+    def resolve(self, node: Node) -> RemoteFile:
+        """The node's file with a known size: the listing's, or the server's own when the
+        listing had none (XNAT leaves Size empty until a catalog refresh). Sizes asked of the
+        server are kept as long as listings are. NotFound if the server has no such file."""
+        file = node.file
+        if file is None:
+            raise IsADirectoryError(node.name)
+        if file.size is not None:
+            return file
+        size = self._sizes.get(file.uri)
+        if size is None:
+            size = self._sizes[file.uri] = self.client.file_size(file.uri)
+        return replace(file, size=size)
 
     # -- loaders: one per kind of folder backed by a listing ----------------------------
 

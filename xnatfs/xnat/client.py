@@ -3,10 +3,17 @@
 One ``requests.Session`` is shared by every thread, so all workers ride on one JSESSIONID (XNAT
 caps live sessions per user). Basic credentials go only with the login: were they on every
 request, each request in flight when the session expires would open a session of its own.
-Instead a 401, or an HTML page where data was expected, triggers exactly one silent re-login
-for the whole process, which every waiting thread then shares; a second refusal is final,
-because XNAT locks accounts after 20 failed logins. Every request has a connect and a read
-timeout.
+Instead a 401, or an HTML page where data was expected (a listing, or a file that is not
+itself HTML: some XNATs answer a lost session with 200 and the login page, on file GETs too),
+triggers one silent re-login for the whole process, which every waiting thread then shares.
+Only a refused login (401 on the login itself) is final, because XNAT locks accounts after 20
+failed logins; a login page after a login that succeeded is one more lost session, retried.
+
+One retry policy for every request: transient failures (a 5xx, a reset, a lost session) are
+tried again after a short pause, a bounded number of times and never more than a second past
+the request's timeout in all, so ``--timeout`` bounds what a caller waits: a server silent for
+that long is given up on for this call, not waited for four times over.
+urllib3's own retries are off: stacked under ours they multiplied every timeout by four.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from xnatfs import __version__
 from xnatfs.errors import (
@@ -32,7 +40,10 @@ from xnatfs.errors import (
     IntegrityError,
     NotFound,
     ServerError,
+    ServerTimeout,
+    TransferError,
     UsageError,
+    XnatfsError,
 )
 from xnatfs.xnat.credentials import Credentials
 from xnatfs.xnat.rows import Row, result_rows
@@ -42,6 +53,11 @@ log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _HTML_START = (b"<!doctype", b"<html")
+_HTML_FILE = (".html", ".htm", ".xhtml")
+_LOGIN_MARKS = (b"xnat-templates/screens/Login.vm", b'id="login_form"')
+RETRY_PAUSES = (0.1, 0.3, 0.9)  # pauses between tries of one request: four tries at most
+GRACE = 1.0  # seconds past a request's timeout that its retries may take, all together
+MAX_LOST = 3  # lost sessions in a row for one request before it gives up (never a lockout)
 
 
 def normalise_base_url(url: str) -> str:
@@ -120,25 +136,22 @@ class XnatClient:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         listing_timeout: float = 300.0,
-        retries: int = 3,
-        pool_size: int = 32,
+        retries: int = len(RETRY_PAUSES),
+        pool_size: int = 64,
     ) -> None:
         self.base_url = normalise_base_url(base_url)
         self.credentials = credentials or Credentials()
+        connect_timeout = min(connect_timeout, read_timeout)
         self.timeout = (connect_timeout, read_timeout)
         self.listing_timeout = (connect_timeout, listing_timeout)
         self._login_lock = threading.Lock()
         self._generation = 0
         self._auth_failure: AuthError | None = None
+        self._pauses = RETRY_PAUSES[:retries]
         self.session = requests.Session()
-        retry = Retry(
-            total=retries, connect=retries, read=retries, status=retries,
-            status_forcelist=(500, 502, 503, 504),
-            allowed_methods=frozenset({"GET", "HEAD", "POST"}),  # POST: only the login
-            backoff_factor=0.2, backoff_max=5.0, raise_on_status=False,
-            respect_retry_after_header=True,
-        )
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
+        # No retries down there: ours (``request``) are the only ones (see the docstring).
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0,
+                              pool_block=False)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         # The environment (proxies, CA bundle) is read once, here. Left to requests, it is
@@ -167,8 +180,10 @@ class XnatClient:
 
     def _login(self) -> None:
         creds = self.credentials
-        resp = self._send("POST", "/data/JSESSION", timeout=self.timeout,
-                          auth=(creds.user or "", creds.password or ""))
+        resp = self._retrying(lambda left: self._check_status(self._send(
+            "POST", "/data/JSESSION", timeout=(self.timeout[0], left),
+            auth=(creds.user or "", creds.password or "")), "/data/JSESSION", login=True),
+            self.timeout[1], "the login")
         if resp.status_code in (401, 403):
             self._auth_failure = AuthError(
                 f"login refused for user {self.credentials.user} at {self.base_url}"
@@ -192,6 +207,7 @@ class XnatClient:
                     f"{self.base_url} refused the {what}; log in again or pass -u USER"
                 )
                 raise self._auth_failure
+            log.warning("the XNAT session was lost; logging in again")
             self.session.cookies.clear()
             self._login()
 
@@ -210,16 +226,59 @@ class XnatClient:
         return self.base_url + path
 
     def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
+        """One HTTP exchange; a server that cannot be reached is told apart from one request
+        that failed on the way (only the first should make a caller stop trying)."""
         try:
             return self.session.request(method, self.url(path), **kw)
         except requests.exceptions.SSLError:
             raise ConnectError(
                 f"TLS certificate check failed for {self.base_url} (use --insecure to skip it)"
             ) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.ConnectTimeout as exc:
             raise ConnectError(f"cannot reach {self.base_url}: {_reason(exc)}") from None
+        except requests.ReadTimeout:
+            raise ServerTimeout(f"{self.base_url} sent nothing for {kw['timeout'][1]:g} s "
+                                f"({unquote(path)})") from None
+        except requests.ConnectionError as exc:
+            if _unreachable(exc):
+                raise ConnectError(f"cannot reach {self.base_url}: {_reason(exc)}") from None
+            raise TransferError(f"request to {self.base_url} failed: {_reason(exc)}") from None
         except requests.RequestException as exc:
-            raise ConnectError(f"request to {self.base_url} failed: {_reason(exc)}") from None
+            raise TransferError(f"request to {self.base_url} failed: {_reason(exc)}") from None
+
+    def _retrying(self, attempt: Any, budget: float, what: str) -> Any:
+        """``attempt(seconds_left)``, tried again after transient failures within ``budget``
+        seconds plus ``GRACE`` (see the module docstring)."""
+        end = time.monotonic() + budget + GRACE
+        for pause in (*self._pauses, None):
+            try:
+                return attempt(min(budget, end - time.monotonic()))
+            except XnatfsError as exc:
+                if not exc.transient or pause is None or time.monotonic() + pause > end:
+                    raise
+                log.info("%s failed (%s); trying again", what, exc)
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def _check_status(self, resp: requests.Response, path: str, *,
+                      login: bool = False) -> requests.Response:
+        """Map 5xx (transient) and 403/404 to our errors; other answers go back as they are."""
+        status = resp.status_code
+        if status >= 500:
+            resp.close()
+            raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
+        if login:
+            return resp
+        if status == 403:
+            resp.close()
+            raise Forbidden(f"access denied by the server: {unquote(path)}")
+        if status == 404:
+            resp.close()
+            raise NotFound(f"not found on the server: {unquote(path)}")
+        if status >= 400 and status != 401:
+            resp.close()
+            raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
+        return resp
 
     def request(
         self,
@@ -232,36 +291,31 @@ class XnatClient:
         expect_json: bool = False,
         timeout: tuple[float, float] | None = None,
     ) -> requests.Response:
-        """Send one request, re-logging in once on 401 or an HTML login page, and map
-        failures to the shared error vocabulary. ``path`` is already percent-encoded."""
+        """Send one request and map failures to the shared error vocabulary: a lost session
+        (401, or a login page) means one shared re-login and the request again; transient
+        failures are retried within the timeout. ``path`` is already percent-encoded."""
         if self._auth_failure:
             raise self._auth_failure
-        for attempt in (0, 1):
-            generation = self._generation
-            resp = self._send(method, path, params=params, headers=headers, stream=stream,
-                              timeout=timeout or self.timeout)
-            lost = resp.status_code == 401 or (
-                resp.status_code == 200 and expect_json and _is_html(resp)
-            )
-            if not lost:
-                break
-            resp.close()
-            if attempt:
-                self._auth_failure = AuthError(
-                    f"{self.base_url} refused our credentials after a fresh login"
-                )
-                raise self._auth_failure
-            self._relogin(generation)
-        if resp.status_code == 403:
-            resp.close()
-            raise Forbidden(f"access denied by the server: {unquote(path)}")
-        if resp.status_code == 404:
-            resp.close()
-            raise NotFound(f"not found on the server: {unquote(path)}")
-        if resp.status_code >= 400:
-            resp.close()
-            raise ServerError(f"HTTP {resp.status_code} from the server for {path}")
-        return resp
+        timeout = timeout or self.timeout
+        lost = 0
+
+        def attempt(left: float) -> requests.Response:
+            nonlocal lost
+            while True:
+                generation = self._generation
+                resp = self._check_status(self._send(
+                    method, path, params=params, headers=headers, stream=stream,
+                    timeout=(timeout[0], max(left, 0.05))), path)
+                if not (resp.status_code == 401 or _login_page(resp, path, expect_json)):
+                    return resp
+                resp.close()
+                lost += 1
+                if lost > MAX_LOST:
+                    raise AuthError(f"{self.base_url} keeps answering with its login page "
+                                    f"after {MAX_LOST} fresh logins ({unquote(path)})")
+                self._relogin(generation)
+
+        return self._retrying(attempt, timeout[1], f"{method} {unquote(path)}")
 
     def listing(self, path: str, **params: str) -> list[Row]:
         """The rows of a JSON listing at ``path`` (an encoded ``/data/...`` path)."""
@@ -269,11 +323,18 @@ class XnatClient:
             resp = self.request("GET", path, params={**params, "format": "json"},
                                 expect_json=True, timeout=self.listing_timeout)
             try:
-                return result_rows(resp.json(), path)
+                document = resp.json()
+            except requests.RequestException as exc:  # cut while reading: one more try
+                if attempt:
+                    raise TransferError(f"listing {unquote(path)} failed: {_reason(exc)}") \
+                        from None
+                continue
             except ValueError:
                 if attempt:
                     raise ServerError(f"the server sent malformed JSON for {path}") from None
                 log.info("malformed JSON for %s; asking again", path)
+                continue
+            return result_rows(document, path)
         raise AssertionError("unreachable")
 
     # -- files ---------------------------------------------------------------------------
@@ -327,12 +388,12 @@ class XnatClient:
         return bytes(buf)
 
     def file_size(self, uri: str) -> int:
-        """Content-Length from a HEAD: the truth when a listing's Size is empty."""
-        resp = self.request("HEAD", encode_path(uri))
-        resp.close()
-        size = _int_header(resp, "Content-Length")
+        """The size the server gives (the truth when a listing's Size is empty), from a GET of
+        the first byte: unlike a HEAD, its answer shows a login page for what it is."""
+        with self.open_file(uri, 0, 1) as body:
+            size = body.total if body.ranged else body.length
         if size is None:
-            raise ServerError(f"no Content-Length for {uri}")
+            raise ServerError(f"no size for {uri} in the server's answer")
         return size
 
 
@@ -345,11 +406,36 @@ def _looks_html(head: bytes) -> bool:
     return head.lstrip()[:9].lower().startswith(_HTML_START)
 
 
-def _is_html(resp: requests.Response) -> bool:
-    """A login or SSO page where JSON was expected (XNAT answers these with 200)."""
-    if "html" in resp.headers.get("Content-Type", "").lower():
+def _login_page(resp: requests.Response, path: str, expect_json: bool) -> bool:
+    """A login or SSO page (XNAT answers a lost session with 200 and it, on some setups) where
+    JSON or a file was expected. A file that is itself HTML is a login page only if its body
+    says so; any other file served as HTML is one."""
+    if resp.status_code != 200:
+        return False
+    html = "html" in resp.headers.get("Content-Type", "").lower()
+    if expect_json:
+        return html or _looks_html(resp.content[:64])
+    if not html:
+        return False
+    if not unquote(path).split("?")[0].lower().endswith(_HTML_FILE):
         return True
-    return _looks_html(resp.content[:64])
+    length = _int_header(resp, "Content-Length")
+    if length is None or length > 1 << 20:
+        return False
+    return any(mark in resp.content for mark in _LOGIN_MARKS)  # kept: iter_content reuses it
+
+
+def _unreachable(exc: requests.ConnectionError) -> bool:
+    """Whether a connection error means the server cannot be reached (refused, DNS, no
+    route), rather than one request cut on the way (reset, closed early)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        reason = getattr(seen, "reason", None)
+        for item in (seen, reason, *getattr(seen, "args", ())):
+            if isinstance(item, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
+                return True
+        seen = seen.__context__ or seen.__cause__
+    return False
 
 
 def _reason(exc: BaseException) -> str:

@@ -27,6 +27,10 @@ Contract (stable; other front ends code against it)
     Fetches the chunks ``first..last`` not already cached or in flight, in the background on a
     pool of ``max_parallel`` threads, one request per run of missing chunks. ``cancel()`` drops
     it if it has not started; once started it completes (its chunks land in the cache).
+``forget(file, index)``
+    Drops the chunk from memory if it is on disk: its reader has it, and the memory is for
+    chunks about to be read, not for those already served (issue 8: a memory cache no bigger
+    than the read-ahead window sent half of a cold read back through the disk).
 ``chunk_count(file)``, ``chunk_bounds(file, index) -> (start, end)``, ``close()``.
 
 A chunk goes to the disk cache after its waiters have it, in the thread that fetched it: the
@@ -56,7 +60,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 from cachetools import LRUCache
 
@@ -70,7 +74,8 @@ from xnatfs.errors import (
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import CHUNK as PIECE
-from xnatfs.xnat.client import Body, XnatClient
+from xnatfs.xnat.client import XnatClient
+from xnatfs.xnat.transport import Body
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +157,9 @@ class Fetcher:
         client: XnatClient,
         cache: ChunkCache | None,
         chunk_size: int = CHUNK_SIZE,
-        max_parallel: int = 8,
+        max_parallel: int = 32,
         *,
+        pool: Executor | None = None,
         memory: int = 128 << 20,
         retries: int = 3,
         backoff: float = 0.25,
@@ -178,7 +184,10 @@ class Fetcher:
         self.whole_files: str | None = None  # why every file is fetched whole, if it is
         self._unreachable = False
         self._next_probe = 0.0
-        self._pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="xnatfs-fetch")
+        # Requests in flight for read-ahead, across all files: enough to fill a link's
+        # latency x bandwidth (20 ms x 400 Mbit/s with 4 MiB requests at 100 Mbit/s each
+        # wants 16 or more), within the client's pool of connections.
+        self.pool = pool or ThreadPoolExecutor(max_parallel, thread_name_prefix="xnatfs-fetch")
 
     # -- geometry ------------------------------------------------------------------------
 
@@ -227,10 +236,19 @@ class Fetcher:
     def prefetch(self, file: RemoteFile, first: int, last: int) -> Future[None]:
         """Fetch chunks first..last into the caches in the background."""
         last = min(last, self.chunk_count(file) - 1)
-        return self._pool.submit(self._prefetch, file, first, last)
+        return self.pool.submit(self._prefetch, file, first, last)
+
+    def forget(self, file: RemoteFile, index: int) -> None:
+        """Drop the chunk from memory once the disk has it; see the module docstring. (Without
+        the disk, another reader behind would have to fetch it again, from a server that may
+        ignore Range: the whole file up to it.)"""
+        if self.cache is None or not self.cache.contains(file, index):
+            return
+        with self._memory_lock:
+            self._memory.pop(_key(file, index), None)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- getting one chunk ---------------------------------------------------------------
 

@@ -1,5 +1,10 @@
 """One open file: FUSE-sized reads served from whole chunks, read-ahead advised first.
 
+Chunks a sequential reader has moved past leave the fetcher's memory: the reader has them, the
+kernel's page cache keeps them, the disk cache too, and memory stays for what is about to be
+read. (Not at close: other readers of a small file opened at the same moment may still want it
+before it reaches the disk.)
+
 A handle remembers the file's MD5 taint count (``Fetcher.taint``) from before it gave out its
 first bytes; once that count moves, some bytes it gave out may have been wrong, so every later
 read of this handle fails (EIO): the program reading learns of it before it reaches the end.
@@ -25,6 +30,7 @@ class FileHandle:
         self.readahead = Readahead(fetcher, file) if fetcher.chunk_count(file) > 1 else None
         self._taint = fetcher.taint(file)
         self._gave = False
+        self._served: set[int] = set()  # chunks served and still in the fetcher's memory
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size), fewer at the end of the file, b"" past it."""
@@ -38,9 +44,14 @@ class FileHandle:
             self.readahead.advise(offset, end)
         chunk_size = self.fetcher.chunk_size
         first, last = offset // chunk_size, (end - 1) // chunk_size
+        if self._served and self.readahead is not None and self.readahead.window:
+            for done in [i for i in self._served if i < first - 1]:
+                self.fetcher.forget(self.file, done)
+                self._served.discard(done)
         parts = []
         for index in range(first, last + 1):
             data = self.fetcher.chunk(self.file, index)
+            self._served.add(index)
             base = index * chunk_size
             lo, hi = max(offset - base, 0), min(end - base, len(data))
             parts.append(data if (lo, hi) == (0, len(data)) else data[lo:hi])

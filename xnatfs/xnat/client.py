@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -47,14 +44,12 @@ from xnatfs.errors import (
 )
 from xnatfs.xnat.credentials import Credentials
 from xnatfs.xnat.rows import Row, result_rows
+from xnatfs.xnat.transport import LOGIN_MARKS, Body, Transport
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _HTML_START = (b"<!doctype", b"<html")
-_HTML_FILE = (".html", ".htm", ".xhtml")
-_LOGIN_MARKS = (b"xnat-templates/screens/Login.vm", b'id="login_form"')
 RETRY_PAUSES = (0.1, 0.3, 0.9)  # pauses between tries of one request: four tries at most
 GRACE = 1.0  # seconds past a request's timeout that its retries may take, all together
 MAX_LOST = 3  # lost sessions in a row for one request before it gives up (never a lockout)
@@ -88,40 +83,6 @@ def encode_path(path: str) -> str:
 def data_path(*segments: str) -> str:
     """``/data/a/b`` from raw segments, each encoded so none can add a path level."""
     return "/data/" + "/".join(quote(s, safe="") for s in segments)
-
-
-@dataclass
-class Body:
-    """A streamed file body. ``start`` is where it begins in the file; ranged is False when the
-    server ignored Range and sent the whole file."""
-
-    response: requests.Response
-    start: int
-    length: int | None
-    total: int | None
-    ranged: bool
-
-    def chunks(self, size: int = CHUNK) -> Iterator[bytes]:
-        """The body in pieces; raises IntegrityError if it ends short of Content-Length."""
-        got = 0
-        try:
-            for piece in self.response.iter_content(size):
-                got += len(piece)
-                yield piece
-        except requests.RequestException as exc:
-            reason = _reason(exc)
-            raise IntegrityError(f"download interrupted after {got} bytes: {reason}") from None
-        if self.length is not None and got != self.length:
-            raise IntegrityError(f"truncated body: {got} of {self.length} bytes")
-
-    def close(self) -> None:
-        self.response.close()
-
-    def __enter__(self) -> Body:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class XnatClient:
@@ -168,6 +129,12 @@ class XnatClient:
         })
         if self.credentials.jsession:
             self.session.cookies.set("JSESSIONID", self.credentials.jsession)
+        self.transport = Transport(self, pool_size=pool_size)
+
+    @property
+    def generation(self) -> int:
+        """How many logins this client has made: a lost session is renewed once per value."""
+        return self._generation
 
     # -- session -------------------------------------------------------------------------
 
@@ -180,7 +147,7 @@ class XnatClient:
 
     def _login(self) -> None:
         creds = self.credentials
-        resp = self._retrying(lambda left: self._check_status(self._send(
+        resp = self.retrying(lambda left: self._check_status(self._send(
             "POST", "/data/JSESSION", timeout=(self.timeout[0], left),
             auth=(creds.user or "", creds.password or "")), "/data/JSESSION", login=True),
             self.timeout[1], "the login")
@@ -213,6 +180,7 @@ class XnatClient:
 
     def close(self) -> None:
         self.session.close()
+        self.transport.close()
 
     def __enter__(self) -> XnatClient:
         return self
@@ -246,7 +214,7 @@ class XnatClient:
         except requests.RequestException as exc:
             raise TransferError(f"request to {self.base_url} failed: {_reason(exc)}") from None
 
-    def _retrying(self, attempt: Any, budget: float, what: str) -> Any:
+    def retrying(self, attempt: Any, budget: float, what: str) -> Any:
         """``attempt(seconds_left)``, tried again after transient failures within ``budget``
         seconds plus ``GRACE`` (see the module docstring)."""
         end = time.monotonic() + budget + GRACE
@@ -262,23 +230,34 @@ class XnatClient:
 
     def _check_status(self, resp: requests.Response, path: str, *,
                       login: bool = False) -> requests.Response:
-        """Map 5xx (transient) and 403/404 to our errors; other answers go back as they are."""
-        status = resp.status_code
-        if status >= 500:
+        try:
+            self.check_status(resp.status_code, path, login=login)
+        except XnatfsError:
             resp.close()
+            raise
+        return resp
+
+    @staticmethod
+    def check_status(status: int, path: str, *, login: bool = False) -> None:
+        """Map 5xx (transient) and 403/404 to our errors; 401 is the caller's to handle."""
+        if status >= 500:
             raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
         if login:
-            return resp
+            return
         if status == 403:
-            resp.close()
             raise Forbidden(f"access denied by the server: {unquote(path)}")
         if status == 404:
-            resp.close()
             raise NotFound(f"not found on the server: {unquote(path)}")
         if status >= 400 and status != 401:
-            resp.close()
             raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
-        return resp
+
+    def session_lost(self, generation: int, path: str, count: int) -> None:
+        """The ``count``-th lost session (401 or a login page) for one request: one shared
+        re-login, unless this request has seen too many already."""
+        if count > MAX_LOST:
+            raise AuthError(f"{self.base_url} keeps answering with its login page "
+                            f"after {MAX_LOST} fresh logins ({unquote(path)})")
+        self._relogin(generation)
 
     def request(
         self,
@@ -306,16 +285,13 @@ class XnatClient:
                 resp = self._check_status(self._send(
                     method, path, params=params, headers=headers, stream=stream,
                     timeout=(timeout[0], max(left, 0.05))), path)
-                if not (resp.status_code == 401 or _login_page(resp, path, expect_json)):
+                if not (resp.status_code == 401 or _login_page(resp, expect_json)):
                     return resp
                 resp.close()
                 lost += 1
-                if lost > MAX_LOST:
-                    raise AuthError(f"{self.base_url} keeps answering with its login page "
-                                    f"after {MAX_LOST} fresh logins ({unquote(path)})")
-                self._relogin(generation)
+                self.session_lost(generation, path, lost)
 
-        return self._retrying(attempt, timeout[1], f"{method} {unquote(path)}")
+        return self.retrying(attempt, timeout[1], f"{method} {unquote(path)}")
 
     def listing(self, path: str, **params: str) -> list[Row]:
         """The rows of a JSON listing at ``path`` (an encoded ``/data/...`` path)."""
@@ -340,35 +316,8 @@ class XnatClient:
     # -- files ---------------------------------------------------------------------------
 
     def open_file(self, uri: str, start: int = 0, end: int | None = None) -> Body:
-        """Stream a file from a listing ``uri`` (unencoded), bytes [start, end).
-
-        A 206 must carry a Content-Range that matches what was asked; a 200 means the server
-        ignored Range and the body is the whole file from byte 0 (``Body.ranged`` is False).
-        """
-        headers = {}
-        if start > 0 or end is not None:
-            last = "" if end is None else str(end - 1)
-            headers["Range"] = f"bytes={start}-{last}"
-        resp = self.request("GET", encode_path(uri), headers=headers, stream=True)
-        length = _int_header(resp, "Content-Length")
-        if resp.status_code == 206:
-            m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
-            want_last = None if end is None else end - 1
-            if not m or int(m[1]) != start or (want_last is not None and int(m[2]) != want_last):
-                resp.close()
-                raise IntegrityError(
-                    f"server answered range {start}-{want_last} with "
-                    f"{resp.headers.get('Content-Range')!r} for {uri}"
-                )
-            if length is not None and length != int(m[2]) - int(m[1]) + 1:
-                resp.close()
-                raise IntegrityError(f"Content-Length disagrees with Content-Range for {uri}")
-            total = None if m[3] == "*" else int(m[3])
-            return Body(resp, start, int(m[2]) - int(m[1]) + 1, total, True)
-        if resp.status_code != 200:
-            resp.close()
-            raise ServerError(f"HTTP {resp.status_code} from the server for {uri}")
-        return Body(resp, 0, length, length, False)
+        """Receive bytes [start, end) of the file at listing ``uri`` (see ``Transport``)."""
+        return self.transport.open(uri, start, end)
 
     def fetch_range(self, uri: str, start: int, end: int) -> bytes:
         """Exactly bytes [start, end) of a file, via Range or, failing that, a streamed full GET."""
@@ -406,23 +355,16 @@ def _looks_html(head: bytes) -> bool:
     return head.lstrip()[:9].lower().startswith(_HTML_START)
 
 
-def _login_page(resp: requests.Response, path: str, expect_json: bool) -> bool:
+def _login_page(resp: requests.Response, expect_json: bool) -> bool:
     """A login or SSO page (XNAT answers a lost session with 200 and it, on some setups) where
-    JSON or a file was expected. A file that is itself HTML is a login page only if its body
-    says so; any other file served as HTML is one."""
+    JSON was expected, or one that says it is XNAT's login page. File bodies are checked by
+    the transport (``transport.login_page``)."""
     if resp.status_code != 200:
         return False
     html = "html" in resp.headers.get("Content-Type", "").lower()
     if expect_json:
         return html or _looks_html(resp.content[:64])
-    if not html:
-        return False
-    if not unquote(path).split("?")[0].lower().endswith(_HTML_FILE):
-        return True
-    length = _int_header(resp, "Content-Length")
-    if length is None or length > 1 << 20:
-        return False
-    return any(mark in resp.content for mark in _LOGIN_MARKS)  # kept: iter_content reuses it
+    return html and any(mark in resp.content[:1 << 20] for mark in LOGIN_MARKS)
 
 
 def _unreachable(exc: requests.ConnectionError) -> bool:

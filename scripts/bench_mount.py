@@ -155,7 +155,7 @@ def wan_copy(b: Bench) -> None:
             cpu.append(used)
             notes.append(requests)
     t, tm = median(cp), median(mat)
-    what = f"{c.wan_files} files, {human(total)}"
+    what = f"{len(expected):,} files, {human(total)}"
     b.table.add(f"WAN: `cp -r` of a session ({what}), fresh mount", f"{t:.1f} s",
                 f"link limit {limit:.1f} s; materialize {tm:.1f} s",
                 f"{t / limit:.2f}x limit; {t / tm:.2f}x materialize", "≤ 1.1x limit",
@@ -255,7 +255,7 @@ def loopback_copy(b: Bench) -> None:
             notes.append(requests)
     t, curl = median(times), median(baseline)
     n = len(expected)
-    b.table.add(f"loopback: `cp -r` of {n} files of {human(c.small_size)}",
+    b.table.add(f"loopback: `cp -r` of {n:,} files of {human(c.small_size)}",
                 f"{t:.2f} s ({n / t:,.0f} files/s)", f"one kept-alive curl {curl:.2f} s",
                 f"{t / curl:.1f}x curl time", "≤ 2x curl; ≤ 1 ms CPU/file",
                 f"{median(cpu):.2f} s ({median(cpu) / n * 1e3:.1f} ms/file)",

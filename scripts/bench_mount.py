@@ -1,259 +1,341 @@
 #!/usr/bin/env python3
-"""Benchmark the mount against the bundled emulator; every figure beside a same-run baseline.
+"""Benchmark the mount: every figure beside a same-run baseline, as one Markdown table.
 
-    .venv/bin/python scripts/bench_mount.py                 # full run (a few minutes, root)
-    .venv/bin/python scripts/bench_mount.py --size 256M --session-files 200 --stat-files 2000
+    .venv/bin/python scripts/bench_mount.py                # full run, medians of 3 (root)
+    .venv/bin/python scripts/bench_mount.py --quick        # small smoke configuration
+    .venv/bin/python scripts/bench_mount.py --only wan-read --runs 5
 
-Figures (issue 3, "Performance"):
+Figures (the targets are issue 8's "Done means"):
 
-* cold sequential read of one large file (``dd bs=1M``), on loopback and on an emulated WAN
-  (latency plus a per-connection and a total bandwidth limit), against a single-stream ``curl``
-  of the same file from the same emulator;
-* warm re-reads: from the kernel page cache, and after a remount, from the chunk cache;
-* ``cp -r`` of a session of many files, against one ``curl`` fetching the same URLs in turn
-  over one connection;
-* ``find | xargs stat`` over many files with listings cached, against the same tree on disk;
-* ``ls -lR`` of a project: requests sent (none may be a file download) and time;
-* the mount process's peak resident memory.
+* ``wan-copy``: ``cp -r`` of a session of 1,000 files (500 MiB) through a fresh mount, against
+  the link limit and against ``xnatfs materialize`` of the same session;
+* ``wan-read``: cold ``dd bs=1M`` of a 256 MiB file, against the link limit and against 8
+  parallel ranged curls of the same file;
+* ``loop-read``: cold ``dd`` of a 256 MiB file against a single-stream curl, with the mount's
+  CPU seconds per GiB; then re-reads from the page cache, and after a remount with the page
+  cache dropped, from the chunk cache;
+* ``loop-copy``: ``cp -r`` of 1,000 files of 64 KiB against one curl process fetching the same
+  URLs in turn on one kept-alive connection, with the mount's CPU milliseconds per file;
+* ``tree``: ``ls -lR`` of 10,000 files in 10 sessions (requests sent: none may be a download)
+  and a warm ``find | xargs stat``, each against the same tree on the local disk.
 
-The emulator runs in this process, the mount in its own (``xnatfs mount -f``), the readers are
-ordinary tools. Page caches are dropped before every cold or disk figure when root: this also
-keeps numbers steady on VMs whose hypervisor takes back freed guest memory (free page
-reporting), where the first touch of every page costs a host fault. Medians of ``--runs``.
+Profiles: **loopback** has no limits (the CPU is the limit). **WAN** adds 20 ms to every
+response, shares 400 Mbit/s among all connections (50e6 bytes/s) and allows 100 Mbit/s per
+connection (12.5e6 bytes/s).
+
+The link limit of a WAN figure is ``L + B / BW``: latency L, the bytes B the figure reads, the
+aggregate bandwidth BW. It is what a perfect pipelined client needs: it asks for every file (or
+range) at once, on at least BW / per-connection bandwidth = 4 connections and with at least
+L x BW = 1 MB outstanding, so every response's latency overlaps other responses' bytes and
+only the first one's is paid; for many files as for one, B / BW is then the time the link
+needs to carry them. Login and listing round trips (a few L) are left out: under 1 % here.
+
+Every figure uses a fresh mount and a fresh chunk cache (the chunk-cache re-read excepted),
+and page caches are dropped before cold figures when root. The emulator, the mount, the
+readers and the baselines each run in their own process; the mount's CPU (utime + stime from
+/proc/PID/stat around the timed command) and peak RSS (VmHWM) are reported with each figure,
+and the emulator's request log gives the GETs and how many were in flight. Bytes read through
+the mount are checked against the listing's MD5s after each timed run. Medians of ``--runs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import os
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.mount.cli import is_mounted
-from xnatfs.units import parse_size
+from benchlib import (
+    USER,
+    XNATFS,
+    Emulator,
+    Mount,
+    Table,
+    child_env,
+    curl_in_turn,
+    curl_ranges,
+    drop_caches,
+    human,
+    mb_per_s,
+    median,
+    parallel,
+    run,
+    scratch,
+    traffic,
+)
 
-USER, PASSWORD = "bench", "bench"
-SMALL = {"niftis": 0, "assessors": 0, "session_resources": 0, "subject_resources": 0,
-         "project_resources": 0}
-ROWS: list[tuple[str, str, str, str]] = []
-PEAK_RSS: dict[str, int] = {}  # phase -> the largest peak resident memory of its mounts
+LATENCY, BANDWIDTH, CONN_BANDWIDTH = 0.02, 50e6, 12.5e6
+WAN = ["--latency", str(LATENCY), "--bandwidth", f"{BANDWIDTH:.0f}",
+       "--conn-bandwidth", f"{CONN_BANDWIDTH:.0f}"]
+ONLY_FILES = ("niftis=0,session_resources=0,subject_resources=0,project_resources=0,"
+              "assessors=0")
+PROJECT, SUBJECT, SESSION = "PROJ01", "S001", "S001_MR1"
+SESSION_PATH = f"{PROJECT}/{SUBJECT}/{SESSION}"
+SCAN_FILES = f"/data/projects/{PROJECT}/subjects/{SUBJECT}/experiments/{SESSION}/scans/ALL/files"
+COLUMNS = ("figure", "xnatfs", "baseline (same run)", "ratio", "goal (issue 8)", "mount CPU",
+           "mount peak RSS", "requests")
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=parse_size, default=parse_size("1G"),
-                   help="large file for sequential reads (default 1G)")
-    p.add_argument("--wan-size", type=parse_size, default=parse_size("256M"),
-                   help="large file read over the emulated WAN (default 256M)")
-    p.add_argument("--wan-latency", type=float, default=0.04,
-                   help="seconds added to every response on the WAN (default 0.04)")
-    p.add_argument("--wan-conn-bandwidth", type=parse_size, default=parse_size("20M"),
-                   help="bytes/s per connection on the WAN (default 20M)")
-    p.add_argument("--wan-bandwidth", type=parse_size, default=parse_size("100M"),
-                   help="bytes/s of the whole WAN link (default 100M)")
-    p.add_argument("--session-files", type=int, default=1000,
-                   help="files in the session copied with cp -r (default 1000)")
-    p.add_argument("--file-size", type=parse_size, default=parse_size("128K"),
-                   help="size of each of those files (default 128K)")
-    p.add_argument("--stat-files", type=int, default=10000,
-                   help="files for find | xargs stat and ls -lR (default 10000)")
-    p.add_argument("--runs", type=int, default=3, help="repetitions, median shown (default 3)")
-    p.add_argument("--skip-wan", action="store_true", help="loopback figures only")
-    args = p.parse_args()
-    for tool in ("curl", "dd", "cp", "find", "xargs", "stat", "ls"):
-        if not shutil.which(tool):
-            sys.exit(f"bench: {tool} is needed")
-    if os.geteuid() != 0:
-        print("bench: not root: page caches cannot be dropped; cold figures may be warm")
-    print(f"bench: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(f"bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+@dataclass(frozen=True)
+class Config:
+    runs: int = 3
+    wan_files: int = 1000
+    wan_file_size: int = 512 << 10
+    wan_read_size: int = 256 << 20
+    loop_read_size: int = 256 << 20
+    small_files: int = 1000
+    small_size: int = 64 << 10
+    tree_files: int = 10000
 
-    big_read(args, "loopback", EmulatorConfig(), args.size)
-    if not args.skip_wan:
-        wan = EmulatorConfig(latency=args.wan_latency, conn_bandwidth=args.wan_conn_bandwidth,
-                             bandwidth=args.wan_bandwidth)
-        big_read(args, "WAN", wan, args.wan_size, warm=False)
-    session_copy(args)
-    stat_storm(args)
-    phase, rss = max(PEAK_RSS.items(), key=lambda item: item[1])
-    row("mount process peak RSS", f"{rss / 2**20:.0f} MiB", f"during: {phase}",
-        ", ".join(f"{k}: {v / 2**20:.0f} MiB" for k, v in PEAK_RSS.items() if k != phase))
-    report()
-    return 0
+
+QUICK = Config(runs=1, wan_files=100, wan_read_size=32 << 20, loop_read_size=32 << 20,
+               small_files=200, tree_files=1000)
+
+
+class Bench:
+    """The run's settings, its scratch folder and its table."""
+
+    def __init__(self, config: Config, work: Path) -> None:
+        self.config, self.work = config, work
+        self.home = work / "home"
+        self.table = Table(COLUMNS)
+        self.peak_rss: dict[str, int] = {}
+
+    def folder(self, name: str) -> Path:
+        """A fresh, empty folder for this run's caches and copies."""
+        path = self.work / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def mount(self, url: str, cache: Path) -> Mount:
+        return Mount(url, cache, self.home)
+
+    def rss(self, figure: str, values: list[int]) -> str:
+        self.peak_rss[figure] = max(values)
+        return f"{max(values) / 2**20:.0f} MiB"
 
 
 # -- figures -------------------------------------------------------------------------------
 
 
-def big_read(args: argparse.Namespace, profile: str, config: EmulatorConfig, size: int,
-             *, warm: bool = True) -> None:
-    spec = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=1, dicoms=1, nifti_size=size,
-                         **SMALL | {"niftis": 1})
-    with emulator(spec, config) as emu:
-        f = next(f for f in emu.archive.files() if f.size == size)
-        assert f.md5  # the emulator hashes a file once, at its first listing: not in a timing
-        curl = median([throughput(size, *curl_get(emu, [f.uri])) for _ in range(args.runs)])
-        label = f"{profile}: cold sequential read, {human(size)}"
-        colds, warm_page, requests = [], [], []
-        warm_chunk: dict[bool, list[float]] = {False: [], True: []}
-        for _ in range(args.runs):
-            cache = tempfile.mkdtemp(prefix="bench-cache-")
-            with mounted(emu, cache, f"{profile} read") as point:
-                path = point / tree_path(emu, f.uri)
+def wan_copy(b: Bench) -> None:
+    c = b.config
+    spec = session_spec(c.wan_files, c.wan_file_size)
+    with scratch("bench-emu-") as logs, Emulator(spec, WAN, workdir=logs) as emu:
+        expected = listed(emu)
+        total = sum(size for size, _ in expected)
+        limit = LATENCY + total / BANDWIDTH
+        cp, cpu, rss, notes = [], [], [], []
+        mat, mat_cpu, mat_rss = [], [], []
+        for _ in range(c.runs):
+            out, cache = b.folder("out"), b.folder("cache")
+            drop_caches()
+            done = run([*XNATFS, "materialize", emu.url, SESSION_PATH, "-u", USER, "-o",
+                        str(out), "--cache-dir", str(cache)], env=child_env(b.home))
+            check(out, expected, "materialize")
+            mat.append(done.seconds)
+            mat_cpu.append(done.cpu)
+            mat_rss.append(done.peak_rss)
+            out, cache = b.folder("out"), b.folder("cache")
+            with b.mount(emu.url, cache) as m:
                 drop_caches()
-                emu.log.clear()
-                colds.append(throughput(size, dd(path)))
-                requests.append(emu.log.count(kind="file"))
-                if warm:
-                    warm_page.append(throughput(size, dd(path)))
-                    digest = md5(path)
-                    assert digest == f.md5, f"wrong bytes through the mount: {digest}"
-            for dropped in (False, True) if warm else ():
-                with mounted(emu, cache, f"{profile} read") as point:
-                    if dropped:
-                        drop_caches()
-                    path = point / tree_path(emu, f.uri)
-                    emu.log.clear()
-                    warm_chunk[dropped].append(throughput(size, dd(path)))
-                    assert emu.log.count(kind="file") == 0
-            shutil.rmtree(cache)
-        baseline = "curl, one stream" + (" (the link's per-connection limit)" if config.latency
-                                         else "")
-        row(label, mbps(median(colds)), f"{baseline}: {mbps(curl)}",
-            f"{median(colds) / curl:.2f}x  ({int(median(requests))} GETs)")
-        if warm:
-            row(f"{profile}: warm re-read, page cache", mbps(median(warm_page)),
-                f"curl: {mbps(curl)}", f"{median(warm_page) / curl:.2f}x")
-            for dropped, where in ((False, "cache files in memory"), (True, "from disk")):
-                rate = median(warm_chunk[dropped])
-                row(f"{profile}: warm re-read after remount, chunk cache ({where})",
-                    mbps(rate), f"curl: {mbps(curl)}", f"{rate / curl:.2f}x")
+                seconds, used, requests = timed(m, emu, ["cp", "-r", str(m.point / SESSION_PATH),
+                                                         str(out)])
+                rss.append(m.peak_rss())
+            check(out, expected, "cp -r through the mount")
+            cp.append(seconds)
+            cpu.append(used)
+            notes.append(requests)
+    t, tm = median(cp), median(mat)
+    what = f"{len(expected):,} files, {human(total)}"
+    b.table.add(f"WAN: `cp -r` of a session ({what}), fresh mount", f"{t:.1f} s",
+                f"link limit {limit:.1f} s; materialize {tm:.1f} s",
+                f"{t / limit:.2f}x limit; {t / tm:.2f}x materialize", "≤ 1.1x limit",
+                f"{median(cpu):.1f} s", b.rss("WAN cp -r", rss), notes[-1])
+    b.table.add(f"WAN: `xnatfs materialize` of the same session ({what})", f"{tm:.1f} s",
+                f"link limit {limit:.1f} s", f"{tm / limit:.2f}x limit", "≤ 1.05x limit",
+                f"({median(mat_cpu):.1f} s materialize)",
+                f"({max(mat_rss) / 2**20:.0f} MiB materialize)", "")
 
 
-def session_copy(args: argparse.Namespace) -> None:
-    scans = max(1, args.session_files // 100)
-    spec = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=scans,
-                         dicoms=args.session_files // scans, dicom_size=args.file_size, **SMALL)
-    with emulator(spec, EmulatorConfig()) as emu:
-        files = list(emu.archive.files())
-        total = sum(f.size for f in files)
-        curl = median([elapsed(*curl_get(emu, [f.uri for f in files]))
-                       for _ in range(args.runs)])
-        times, gets = [], []
-        for _ in range(args.runs):
-            cache = tempfile.mkdtemp(prefix="bench-cache-")
-            out = Path(tempfile.mkdtemp(prefix="bench-copy-"))
-            with mounted(emu, cache, "cp -r") as point:
-                session = (point / tree_path(emu, files[0].uri)).parents[5]
+def wan_read(b: Bench) -> None:
+    size = b.config.wan_read_size
+    with scratch("bench-emu-") as logs, Emulator(big_file_spec(size), WAN, workdir=logs) as emu:
+        [row] = emu.files(SCAN_FILES)
+        limit = LATENCY + size / BANDWIDTH
+        curls = curl_ranges(emu.url, row["URI"], size, 8)
+        times, baseline, cpu, rss, notes = [], [], [], [], []
+        for _ in range(b.config.runs):
+            baseline.append(parallel(curls))
+            with b.mount(emu.url, b.folder("cache")) as m:
+                path = find_file(m.point / SESSION_PATH, size)
                 drop_caches()
-                emu.log.clear()
-                times.append(elapsed(["cp", "-r", str(session), str(out / "s")]))
-                gets.append(emu.log.count(kind="file"))
-            copied = sum(1 for _ in (out / "s").rglob("*.dcm"))
-            assert copied == len(files), f"cp -r copied {copied} of {len(files)} files"
-            shutil.rmtree(out)
-            shutil.rmtree(cache)
+                seconds, used, requests = timed(m, emu, dd(path))
+                check_file(path, row["digest"])
+                rss.append(m.peak_rss())
+            times.append(seconds)
+            cpu.append(used)
+            notes.append(requests)
+    t, curl = median(times), median(baseline)
+    b.table.add(f"WAN: cold `dd bs=1M` of a {human(size)} file", f"{t:.2f} s",
+                f"link limit {limit:.2f} s; 8 ranged curls {curl:.2f} s",
+                f"{t / limit:.2f}x limit; {t / curl:.2f}x curls", "≤ 1.1x limit",
+                f"{median(cpu):.1f} s", b.rss("WAN dd", rss), notes[-1])
+
+
+def loopback_read(b: Bench) -> None:
+    size = b.config.loop_read_size
+    with scratch("bench-emu-") as logs, Emulator(big_file_spec(size), workdir=logs) as emu:
+        [row] = emu.files(SCAN_FILES)
+        curl_cmd, curl_input = curl_in_turn(emu.url, [row["URI"]])
+        cold, warm, chunk, baseline, cpu, rss, notes = [], [], [], [], [], [], []
+        for _ in range(b.config.runs):
+            baseline.append(run(curl_cmd, input=curl_input).seconds)
+            cache = b.folder("cache")
+            with b.mount(emu.url, cache) as m:
+                path = find_file(m.point / SESSION_PATH, size)
+                drop_caches()
+                seconds, used, requests = timed(m, emu, dd(path))
+                cold.append(seconds)
+                cpu.append(used)
+                notes.append(requests)
+                warm.append(run(dd(path)).seconds)
+                check_file(path, row["digest"])
+                rss.append(m.peak_rss())
+            with b.mount(emu.url, cache) as m:
+                path = find_file(m.point / SESSION_PATH, size)
+                drop_caches()
+                mark = emu.mark()
+                chunk.append(run(dd(path)).seconds)
+                if any(r.kind == "file" for r in emu.requests(mark)):
+                    raise SystemExit("bench: the chunk cache re-read downloaded the file again")
+                rss.append(m.peak_rss())
+    curl = median(baseline)
+    rate = f"curl, one stream {mb_per_s(size, curl)}"
+    gib = size / 2**30
+    t = median(cold)
+    b.table.add(f"loopback: cold `dd bs=1M` of a {human(size)} file", mb_per_s(size, t), rate,
+                f"{curl / t:.2f}x curl speed", "≥ 0.5x curl; ≤ 2 s CPU/GiB",
+                f"{median(cpu):.2f} s ({median(cpu) / gib:.1f} s/GiB)",
+                b.rss("loopback dd", rss), notes[-1])
+    for name, times in (("warm re-read (page cache)", warm),
+                        ("re-read after remount (chunk cache on disk)", chunk)):
         t = median(times)
-        row(f"cp -r of a session, {len(files)} files, {human(total)}, cold",
-            f"{t:.2f} s ({len(files) / t:.0f} files/s)",
-            f"curl, same URLs in turn: {curl:.2f} s", f"{curl / t:.2f}x  "
-            f"({int(median(gets))} GETs)")
+        b.table.add(f"loopback: {name}", mb_per_s(size, t), rate, f"{curl / t:.2f}x curl speed",
+                    "", "", "", "0 GETs" if "chunk" in name else "")
 
 
-def stat_storm(args: argparse.Namespace) -> None:
-    sessions = max(1, args.stat_files // 1000)
-    spec = SyntheticSpec(projects=1, subjects=1, sessions=sessions, scans=10,
-                         dicoms=args.stat_files // (sessions * 10), dicom_size=4096, **SMALL)
-    with emulator(spec, EmulatorConfig()) as emu:
-        n = sum(1 for _ in emu.archive.files())
-        cache = tempfile.mkdtemp(prefix="bench-cache-")
-        with mounted(emu, cache, "ls -lR and stat") as point:
-            emu.log.clear()
-            ls_time = elapsed(["ls", "-lR", str(point)])
-            listings, downloads = emu.log.count(), emu.log.count(kind="file")
-            find_stat = ["sh", "-c", f"find {point} -type f | xargs stat > /dev/null"]
-            run(find_stat)  # the kernel's entries and attributes are now cached
-            warm = median([elapsed(find_stat) for _ in range(args.runs)])
-        local = Path(tempfile.mkdtemp(prefix="bench-tree-"))
-        for path in emu.archive.files():
-            target = local / path.uri.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.touch()
-        local_stat = ["sh", "-c", f"find {local} -type f | xargs stat > /dev/null"]
-        run(local_stat)
-        disk = median([elapsed(local_stat) for _ in range(args.runs)])
-        shutil.rmtree(local)
-        shutil.rmtree(cache)
-    row(f"find | xargs stat, {n} files, warm", f"{warm:.2f} s", f"local disk: {disk:.2f} s",
-        f"{warm / disk:.2f}x the time")
-    row(f"ls -lR, {n} files in {sessions} sessions, cold", f"{ls_time:.2f} s",
-        f"{listings} requests, {downloads} downloads", f"{listings / sessions:.1f} per session")
+def loopback_copy(b: Bench) -> None:
+    c = b.config
+    spec = session_spec(c.small_files, c.small_size)
+    with scratch("bench-emu-") as logs, Emulator(spec, workdir=logs) as emu:
+        expected = listed(emu)
+        uris = [r["URI"] for r in emu.files(SCAN_FILES)]
+        curl_cmd, curl_input = curl_in_turn(emu.url, uris)
+        times, baseline, cpu, rss, notes = [], [], [], [], []
+        for _ in range(c.runs):
+            baseline.append(run(curl_cmd, input=curl_input).seconds)
+            out = b.folder("out")
+            with b.mount(emu.url, b.folder("cache")) as m:
+                drop_caches()
+                seconds, used, requests = timed(m, emu, ["cp", "-r", str(m.point / SESSION_PATH),
+                                                         str(out)])
+                rss.append(m.peak_rss())
+            check(out, expected, "cp -r through the mount")
+            times.append(seconds)
+            cpu.append(used)
+            notes.append(requests)
+    t, curl = median(times), median(baseline)
+    n = len(expected)
+    b.table.add(f"loopback: `cp -r` of {n:,} files of {human(c.small_size)}",
+                f"{t:.2f} s ({n / t:,.0f} files/s)", f"one kept-alive curl {curl:.2f} s",
+                f"{t / curl:.1f}x curl time", "≤ 2x curl; ≤ 1 ms CPU/file",
+                f"{median(cpu):.2f} s ({median(cpu) / n * 1e3:.1f} ms/file)",
+                b.rss("loopback cp -r", rss), notes[-1])
+
+
+def tree(b: Bench) -> None:
+    sessions = 10
+    per_scan = max(1, b.config.tree_files // (sessions * 10))
+    spec = (f"projects=1,subjects=1,sessions={sessions},scans=10,dicoms={per_scan},"
+            f"dicom_size=4096,{ONLY_FILES}")
+    local = b.folder("tree")
+    with (scratch("bench-emu-") as logs, Emulator(spec, workdir=logs) as emu,
+          b.mount(emu.url, b.folder("cache")) as m):
+        seconds, used, requests = timed(m, emu, ["ls", "-lR", str(m.point)])
+        n = mirror(m.point, local)
+        find_stat = ["sh", "-c", f"find {m.point} -type f | xargs stat > /dev/null"]
+        run(find_stat)  # the kernel's entries and attributes are now cached
+        cpu0 = m.cpu()
+        warm = median([run(find_stat).seconds for _ in range(b.config.runs)])
+        stat_cpu = (m.cpu() - cpu0) / b.config.runs
+        rss = m.peak_rss()
+    ls_local = median([run(["ls", "-lR", str(local)]).seconds for _ in range(b.config.runs)])
+    local_stat = ["sh", "-c", f"find {local} -type f | xargs stat > /dev/null"]
+    disk = median([run(local_stat).seconds for _ in range(b.config.runs)])
+    b.table.add(f"`ls -lR` of {n:,} files in {sessions} sessions, cold", f"{seconds:.2f} s",
+                f"local disk {ls_local:.2f} s", f"{seconds / ls_local:.0f}x local",
+                "no downloads", f"{used:.2f} s", b.rss("ls -lR", [rss]), requests)
+    b.table.add(f"`find | xargs stat` of {n:,} files, warm", f"{warm:.2f} s",
+                f"local disk {disk:.2f} s", f"{warm / disk:.1f}x local", "",
+                f"{stat_cpu:.2f} s", "", "")
+
+
+FIGURES: dict[str, Callable[[Bench], None]] = {
+    "wan-copy": wan_copy, "wan-read": wan_read, "loop-read": loopback_read,
+    "loop-copy": loopback_copy, "tree": tree,
+}
 
 
 # -- pieces --------------------------------------------------------------------------------
 
 
-@contextmanager
-def emulator(spec: SyntheticSpec, config: EmulatorConfig) -> Iterator[Emulator]:
-    emu = Emulator(synthetic_archive(spec), config, users={USER: PASSWORD})
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
+def session_spec(files: int, size: int) -> str:
+    scans = max(1, files // 100)
+    return (f"projects=1,subjects=1,sessions=1,scans={scans},dicoms={files // scans},"
+            f"dicom_size={size},{ONLY_FILES}")
 
 
-@contextmanager
-def mounted(emu: Emulator, cache: str, phase: str) -> Iterator[Path]:
-    point = Path(tempfile.mkdtemp(prefix="bench-mnt-"))
-    env = {**os.environ, "XNAT_PASS": PASSWORD}
-    proc = subprocess.Popen([sys.executable, "-m", "xnatfs", "mount", emu.url, str(point),
-                             "-u", USER, "--cache-dir", cache, "--cache-size", "20G", "-f"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not is_mounted(str(point)):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("bench: the mount did not start")
-            time.sleep(0.02)
-        os.stat(point)
-        yield point
-        PEAK_RSS[phase] = max(PEAK_RSS.get(phase, 0), peak_rss(proc.pid))
-    finally:
-        subprocess.run(["fusermount3", "-u", str(point)], check=False, capture_output=True)
-        proc.wait(timeout=30)
-        point.rmdir()
+def big_file_spec(size: int) -> str:
+    return (f"projects=1,subjects=1,sessions=1,scans=1,dicoms=0,{ONLY_FILES},niftis=1,"
+            f"nifti_size={size}")
 
 
-def tree_path(emu: Emulator, uri: str) -> str:
-    """The mount path of a scan file of a synthetic archive (no hostile names in these)."""
-    f = next(f for f in emu.archive.files() if f.uri == uri)
-    scan = f.resource.owner
-    session = scan.parent
-    subject = session.parent
-    return (f"{subject.project.id}/{subject.label}/{session.label}/scans/{scan.id}-"
-            f"{scan.type}/resources/{f.resource.label}/files/{f.relpath}")
+def listed(emu: Emulator) -> list[tuple[int, str]]:
+    """(size, MD5) of every scan file of the session, sorted: what a copy must hold."""
+    return sorted((int(r["Size"]), r["digest"]) for r in emu.files(SCAN_FILES))
 
 
-def curl_get(emu: Emulator, uris: list[str]) -> tuple[list[str], str]:
-    """One curl process, one connection and one session cookie (XNAT caps sessions per
-    user), the files one after the other: the command and its input."""
-    config = "".join(f'url = "{emu.url}{quote(u)}"\noutput = "/dev/null"\n' for u in uris)
-    return ["curl", "-sf", "-b", "/dev/null", "-u", f"{USER}:{PASSWORD}", "-K", "-"], config
+def timed(m: Mount, emu: Emulator, cmd: list[str]) -> tuple[float, float, str]:
+    """Run ``cmd``: its wall time, the requests it cost, and the mount's CPU seconds until
+    the server has been quiet a moment (work the mount finishes after the reader is done,
+    such as cache writes behind it, counts too)."""
+    mark, cpu = emu.mark(), m.cpu()
+    seconds = run(cmd).seconds
+    requests = traffic(emu.requests(mark))
+    return seconds, m.cpu() - cpu, requests
 
 
 def dd(path: Path) -> list[str]:
     return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
+
+
+def find_file(folder: Path, size: int) -> Path:
+    """The one file of ``size`` below ``folder`` (walking it lists the folders: not timed)."""
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            path = Path(parent, name)
+            if path.stat().st_size == size:
+                return path
+    raise SystemExit(f"bench: no file of {size} bytes under {folder}")
 
 
 def md5(path: Path) -> str:
@@ -264,56 +346,66 @@ def md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def drop_caches() -> None:
-    if os.geteuid() == 0:
-        run(["sh", "-c", "sync; echo 3 > /proc/sys/vm/drop_caches"])
+def check_file(path: Path, digest: str) -> None:
+    if md5(path) != digest:
+        raise SystemExit(f"bench: wrong bytes through the mount in {path}")
 
 
-def peak_rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+def check(folder: Path, expected: list[tuple[int, str]], what: str) -> None:
+    """Every listed file arrived whole: the (size, MD5) pairs under ``folder`` are the
+    listing's (names are the mount's business, not the benchmark's)."""
+    got = sorted((p.stat().st_size, md5(p)) for p in folder.rglob("*") if p.is_file())
+    if got != expected:
+        missing = len(expected) - len(set(got) & set(expected))
+        raise SystemExit(f"bench: {what} gave {len(got)} files, {missing} of the "
+                         f"{len(expected)} listed missing or wrong")
+
+
+def mirror(point: Path, local: Path) -> int:
+    """Recreate the mount's tree as empty files on the local disk; the number of files."""
+    count = 0
+    for parent, _, names in os.walk(point):
+        target = local / Path(parent).relative_to(point)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (target / name).touch()
+            count += 1
+    return count
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, help="repetitions, medians shown (default 3; 1 quick)")
+    p.add_argument("--quick", action="store_true", help="a small smoke configuration")
+    p.add_argument("--only", action="append", choices=list(FIGURES), metavar="NAME",
+                   help=f"run only this figure (repeatable): {', '.join(FIGURES)}")
+    args = p.parse_args()
+    config = QUICK if args.quick else Config()
+    if args.runs:
+        config = dataclasses.replace(config, runs=args.runs)
+    for tool in ("curl", "dd", "cp", "find", "xargs", "stat", "ls", "fusermount3"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is needed")
+    if os.geteuid() != 0:
+        print("bench: not root: page caches cannot be dropped; cold figures may be warm")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    print(f"bench: {' '.join([os.path.basename(sys.executable), *sys.argv])}  (commit {commit})")
+    print(f"bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"load {os.getloadavg()[0]:.1f}")
+    start = time.monotonic()
+    with scratch("bench-") as work:
+        bench = Bench(config, work)
+        for name in args.only or FIGURES:
+            print(f"bench: {name} ...", flush=True)
+            FIGURES[name](bench)
+    figure, rss = max(bench.peak_rss.items(), key=lambda item: item[1])
+    bench.table.add("mount peak RSS, all figures", f"{rss / 2**20:.0f} MiB", "", "",
+                    "≤ 150 MiB", "", f"during {figure}", "")
+    print(f"bench: load {os.getloadavg()[0]:.1f} at the end; took "
+          f"{time.monotonic() - start:.0f} s\n")
+    print(bench.table.markdown())
     return 0
-
-
-def run(cmd: list[str], input: str | None = None) -> None:
-    subprocess.run(cmd, check=True, input=input, text=input is not None,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def elapsed(cmd: list[str], input: str | None = None) -> float:
-    start = time.perf_counter()
-    run(cmd, input)
-    return time.perf_counter() - start
-
-
-def throughput(size: int, cmd: list[str], input: str | None = None) -> float:
-    return size / elapsed(cmd, input)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
-def mbps(rate: float) -> str:
-    return f"{rate / 1e6:,.0f} MB/s"
-
-
-def human(n: int) -> str:
-    return f"{n / 2**30:g} GiB" if n >= 2**30 else f"{n / 2**20:g} MiB"
-
-
-def row(figure: str, value: str, baseline: str, ratio: str) -> None:
-    ROWS.append((figure, value, baseline, ratio))
-    print(f"  {figure}: {value}  [{baseline}]  {ratio}", flush=True)
-
-
-def report() -> None:
-    widths = [max(len(r[i]) for r in ROWS) for i in range(4)]
-    print()
-    for r in [("figure", "xnatfs", "baseline (same run)", "ratio"), *ROWS]:
-        print(" | ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 if __name__ == "__main__":

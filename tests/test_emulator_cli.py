@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import signal
 import subprocess
@@ -26,7 +27,8 @@ def test_serves_until_sigterm(tmp_path: Path) -> None:
     (tmp_path / "P1/S1/MR1/scans/1-T1/resources/DICOM/files/1.dcm").write_bytes(b"x" * 10)
     process = subprocess.Popen(
         [sys.executable, "-m", "xnatfs.emulator.cli", "--folder", str(tmp_path),
-         "--context-path", "/xnat", "--user", "ann:pw", "--latency", "0"],
+         "--context-path", "/xnat", "--user", "ann:pw", "--latency", "0",
+         "--request-log", str(tmp_path / "requests.jsonl")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
@@ -41,12 +43,17 @@ def test_serves_until_sigterm(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=10)
     assert process.returncode == 0 and errors == ""
+    logged = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["status"], r["kind"]) for r in logged] == [
+        ("/data/projects", 200, "listing"), ("/data/projects", 401, "auth")]
+    assert logged[0]["bytes_sent"] > 0 and logged[0]["done"] >= logged[0]["time"]
 
 
 @pytest.mark.parametrize("argv", [
     ["--synthetic", "projects=lots"], ["--synthetic", "colour=blue"], ["--error-rate", "1.5"],
     ["--latency", "soon"], ["--bandwidth", "fast"], ["--user", "nopassword"],
     ["--port", "70000"], ["--folder", "/no/such/folder"],
+    ["--request-log", "/no/such/folder/log"],
 ])
 def test_bad_input_is_one_line_and_exit_2(argv: list[str],
                                           capsys: pytest.CaptureFixture[str]) -> None:

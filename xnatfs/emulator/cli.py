@@ -11,10 +11,12 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import TextIO
 
 from xnatfs.emulator.archive import Archive
 from xnatfs.emulator.folder import load_folder
 from xnatfs.emulator.knobs import EmulatorConfig
+from xnatfs.emulator.log import RequestLog
 from xnatfs.emulator.server import Emulator
 from xnatfs.emulator.synthetic import SyntheticSpec, synthetic_archive
 from xnatfs.errors import UsageError
@@ -52,6 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="fraction of requests answered 5xx")
     parser.add_argument("--session-timeout", default="900", metavar="SECONDS",
                         help="idle seconds before a session expires (default 900)")
+    parser.add_argument("--request-log", metavar="FILE",
+                        help="append one JSON line per finished request to FILE (for "
+                             "benchmarks that run the emulator in its own process)")
     parser.set_defaults(run=run)
     return parser
 
@@ -63,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--port must be at most 65535, not {port}")
         emulator = Emulator(_archive(args), _config(args), _users(args), host=args.host,
                             port=int(port))
+        if args.request_log:
+            emulator.log = RequestLog(_append(args.request_log))
         emulator.start()
     except UsageError as error:
         print(f"xnatfs emulator: {error}", file=sys.stderr)
@@ -100,6 +107,13 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         range_enabled=not args.no_range, error_rate=error_rate,
         session_timeout=_number(args.session_timeout, "--session-timeout", float),
         context_path=args.context_path, require_login=not args.guest)
+
+
+def _append(path: str) -> TextIO:
+    try:
+        return open(path, "a", encoding="utf-8")
+    except OSError as error:
+        raise UsageError(f"cannot write the request log {path}: {error.strerror}") from None
 
 
 def _users(args: argparse.Namespace) -> dict[str, str]:

@@ -7,9 +7,12 @@ and every body byte it received already counted.
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TextIO
 
 
 @dataclass
@@ -34,19 +37,32 @@ class Record:
     token and the 401/302 turn-aways), page (HTML pages), error (404s and the like), other."""
     fault: str | None = None
     """The injected fault, if any: error, truncate, reset, stall, timeout."""
+    done: float = 0.0
+    """When the response was finished (0 until then), seconds since the epoch."""
 
 
 class RequestLog:
     """Thread-safe list of records with small query helpers."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: TextIO | None = None) -> None:
         self._lock = threading.Lock()
         self._records: list[Record] = []
+        self._sink = sink
 
     def add(self, record: Record) -> Record:
         with self._lock:
             self._records.append(record)
         return record
+
+    def finish(self, record: Record) -> None:
+        """Stamp the end of a response, and copy the record to the sink as one JSON line:
+        a client in another process (a benchmark) can then count what it cost."""
+        record.done = time.time()
+        if self._sink is not None:
+            line = json.dumps(asdict(record), separators=(",", ":")) + "\n"
+            with self._lock:
+                self._sink.write(line)
+                self._sink.flush()
 
     def clear(self) -> None:
         with self._lock:

@@ -252,6 +252,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._end(abort.reset)
         except OSError:
             self.close_connection = True
+        finally:
+            emulator.log.finish(record)
 
     def _answer(self, path: str, query_string: str, headers: dict[str, str],
                 body: bytes) -> tuple[Response, Visitor]:

@@ -266,7 +266,7 @@ def _mount(
 ) -> int:
     """Run the FUSE loop until unmounted (or SIGINT/SIGTERM)."""
     from xnatfs.mount.fs import XnatFS
-    from xnatfs.mount.libfuse import mfusepy
+    from xnatfs.mount.libfuse import FUSE
     from xnatfs.reader.chunkcache import ChunkCache
     from xnatfs.reader.fetcher import Fetcher
     from xnatfs.tree.model import Tree
@@ -296,7 +296,7 @@ def _mount(
         **_THREADS, **options,
     }
     try:
-        mfusepy.FUSE(fs, mountpoint, raw_fi=True, **settings)
+        FUSE(fs, mountpoint, raw_fi=True, **settings)
     except RuntimeError:
         # libfuse returns non-zero after a signal ended the loop; before that, it is a failure
         # it has already described on stderr.

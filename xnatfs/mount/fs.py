@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 from cachetools import LRUCache
 
 from xnatfs.errors import XnatfsError
-from xnatfs.mount.libfuse import mfusepy
+from xnatfs.mount.libfuse import Slice, mfusepy
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
 from xnatfs.reader.readahead import FolderAhead
@@ -198,8 +198,8 @@ class XnatFS(mfusepy.Operations):
         return 0
 
     @_errno
-    def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:
-        return self._handles[fh.fh][0].read(offset, size)
+    def read(self, path: str | None, size: int, offset: int, fh: Any) -> Slice:
+        return Slice(*self._handles[fh.fh][0].read_span(offset, size))
 
     def release(self, path: str | None, fh: Any) -> int:
         with self._lock:

@@ -133,7 +133,7 @@ def _aligned(size: int) -> Iterator[mmap.mmap]:
         yield buffer
     finally:
         with _spare_lock:
-            if len(_spare) < 8:
+            if len(_spare) < 4:
                 _spare.append(buffer)
             else:
                 buffer.close()

@@ -160,7 +160,7 @@ class Fetcher:
         max_parallel: int = 32,
         *,
         pool: Executor | None = None,
-        memory: int = 128 << 20,
+        memory: int = 48 << 20,
         retries: int = 3,
         backoff: float = 0.25,
         deadline: float = 60.0,
@@ -239,10 +239,11 @@ class Fetcher:
         return self.pool.submit(self._prefetch, file, first, last)
 
     def forget(self, file: RemoteFile, index: int) -> None:
-        """Drop the chunk from memory once the disk has it; see the module docstring. (Without
-        the disk, another reader behind would have to fetch it again, from a server that may
-        ignore Range: the whole file up to it.)"""
-        if self.cache is None or not self.cache.contains(file, index):
+        """Drop the chunk from memory; see the module docstring. Only where there is a disk
+        cache: without it, another reader behind would have to fetch it again, from a server
+        that may ignore Range (the whole file up to it). With one, the chunk went to disk right
+        after its reader had it, long before a sequential reader moved past it."""
+        if self.cache is None:
             return
         with self._memory_lock:
             self._memory.pop(_key(file, index), None)

@@ -34,12 +34,18 @@ class FileHandle:
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size), fewer at the end of the file, b"" past it."""
+        data, start, end = self.read_span(offset, size)
+        return data if (start, end) == (0, len(data)) else data[start:end]
+
+    def read_span(self, offset: int, size: int) -> tuple[bytes, int, int]:
+        """``read`` as ``(data, start, end)``: the bytes are ``data[start:end]``, left for the
+        caller to copy once (a read within one chunk comes without a copy of its own)."""
         end = min(offset + size, self.size)
         if self._gave and self.fetcher.taint(self.file) != self._taint:
             raise DigestMismatch(f"{self.file.uri}: bytes read earlier through this handle "
                                  "failed the file's MD5 check; open it again")
         if offset >= end:
-            return b""
+            return b"", 0, 0
         if self.readahead is not None:
             self.readahead.advise(offset, end)
         chunk_size = self.fetcher.chunk_size
@@ -53,10 +59,12 @@ class FileHandle:
             data = self.fetcher.chunk(self.file, index)
             self._served.add(index)
             base = index * chunk_size
-            lo, hi = max(offset - base, 0), min(end - base, len(data))
-            parts.append(data if (lo, hi) == (0, len(data)) else data[lo:hi])
+            parts.append((data, max(offset - base, 0), min(end - base, len(data))))
         self._gave = True
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1:
+            return parts[0]
+        joined = b"".join(memoryview(data)[lo:hi] for data, lo, hi in parts)
+        return joined, 0, len(joined)
 
     def close(self) -> None:
         if self.readahead is not None:

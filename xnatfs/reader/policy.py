@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FIRST_WINDOW = 4  # chunks ahead once a second read continues the first
-MAX_WINDOW = 16  # chunks ahead at most: 64 MiB with 4 MiB chunks, the memory kept for it
+MAX_WINDOW = 12  # chunks ahead at most: 48 MiB with 4 MiB chunks, the memory kept for it
 STREAMS = 16  # requests in flight per sequential reader, once the window is open
 TOLERANCE = 4  # chunks
 

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from xnatfs.emulator import (
+from xnat_emulator import (
     Emulator,
     EmulatorConfig,
     SyntheticSpec,

@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from xnatfs.emulator import SyntheticSpec, synthetic_archive
+from xnat_emulator import SyntheticSpec, synthetic_archive
 from xnatfs.units import parse_size
 
 USER, PASSWORD = "alice", "secret"

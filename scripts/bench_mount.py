@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.cli import is_mounted
 from xnatfs.units import parse_size
 

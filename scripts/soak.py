@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from mount_support import Mount
 
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.tree.model import Tree
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import requests
 
-from xnatfs.emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 
 USERS = {"alice": "secret", "bob": "hunter2"}
 SMALL = SyntheticSpec(projects=2, subjects=2, sessions=2, scans=2, dicoms=3, dicom_size=2048,

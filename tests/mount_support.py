@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from xnatfs.emulator import Emulator, File
+from xnat_emulator import Emulator, File
 from xnatfs.mount.cli import is_mounted
 from xnatfs.tree.model import Node, Tree
 from xnatfs.xnat.client import XnatClient

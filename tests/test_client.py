@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.errors import AuthError, ConnectError, IntegrityError, NotFound
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials

@@ -18,7 +18,7 @@ import mount_support
 import pytest
 from mount_support import Mount, needs_fuse, unmount
 
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.materialize.download import PART_SUFFIX
 from xnatfs.tree.model import Tree
 from xnatfs.xnat.client import XnatClient

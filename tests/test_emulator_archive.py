@@ -8,9 +8,8 @@ from typing import Any
 
 import pytest
 
-from xnatfs.emulator import Archive, SyntheticSpec, load_folder, synthetic_archive
-from xnatfs.emulator.content import BLOCK, SyntheticContent
-from xnatfs.errors import UsageError
+from xnat_emulator import Archive, BadValue, SyntheticSpec, load_folder, synthetic_archive
+from xnat_emulator.content import BLOCK, SyntheticContent
 
 
 def test_same_spec_same_archive() -> None:
@@ -78,7 +77,7 @@ def test_spec_parsing() -> None:
     assert spec.hostile and spec.members == ("alice", "carol")
     assert SyntheticSpec.parse("") == SyntheticSpec()
     for bad in ("projects", "colour=red", "projects=many", "hostile=maybe", "nifti_size=1X"):
-        with pytest.raises(UsageError):
+        with pytest.raises(BadValue):
             SyntheticSpec.parse(bad)
 
 
@@ -109,5 +108,5 @@ def test_load_folder(tmp_path: Path, make_emulator: Any, login: Any) -> None:
     assert part.status_code == 206 and part.content == b"scan"
     listed = api.get(dicom.uri.rsplit("/files/", 1)[0] + "/files").json()
     assert listed["ResultSet"]["Result"][0]["digest"] == dicom.md5
-    with pytest.raises(UsageError):
+    with pytest.raises(BadValue):
         load_folder(tmp_path / "nope")

@@ -7,7 +7,7 @@ from typing import Any
 
 import requests
 
-from xnatfs.emulator import Archive, Emulator
+from xnat_emulator import Archive, Emulator
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36"
 

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from xnatfs.emulator import Archive, Emulator, File
+from xnat_emulator import Archive, Emulator, File
 
 AUTH = "Basic YWxpY2U6c2VjcmV0"  # alice:secret
 

@@ -10,7 +10,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from xnatfs.emulator import Archive, Emulator, File
+from xnat_emulator import Archive, Emulator, File
 
 
 def scan_file(archive: Archive, name: str) -> File:

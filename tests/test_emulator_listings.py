@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from xnatfs.emulator import Archive, Emulator
+from xnat_emulator import Archive, Emulator
 
 RESOURCE_KEYS = {"xnat_abstractresource_id", "label", "element_name", "category", "cat_id",
                  "cat_desc", "file_count", "file_size", "tags", "content", "format"}

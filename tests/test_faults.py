@@ -26,9 +26,9 @@ import mount_support
 import pytest
 from mount_support import Mount, needs_fuse
 
+from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator.pages import login_page
 from xnatfs.cli import main
-from xnatfs.emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.emulator.pages import login_page
 from xnatfs.materialize import engine, plan
 from xnatfs.materialize.download import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE

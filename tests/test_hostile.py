@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.cli import main
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.errors import ServerError, XnatfsError
 from xnatfs.tree.model import Context, Node, Tree, resource_folders
 from xnatfs.xnat.client import XnatClient

@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import pytest
 
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator.archive import EPOCH, timestamp
+from xnat_emulator.content import SyntheticContent
 from xnatfs.cli import main
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.emulator.archive import EPOCH, timestamp
-from xnatfs.emulator.content import SyntheticContent
 from xnatfs.materialize.download import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import RemoteFile, Tree

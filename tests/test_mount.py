@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mount_support import Mount, Oracle, needs_fuse, tree_of
 
-from xnatfs.emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
+from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
 
 mount, oracle = mount_support.mount, mount_support.oracle  # fixtures
 pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(90)]

@@ -14,7 +14,7 @@ import mount_support
 import pytest
 from mount_support import Mount, needs_fuse, tree_of, unmount, xnatfs
 
-from xnatfs.emulator import Emulator
+from xnat_emulator import Emulator
 from xnatfs.mount.cli import is_mounted
 from xnatfs.units import parse_size
 

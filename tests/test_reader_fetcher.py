@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from xnatfs.emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
+from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
 from xnatfs.errors import IntegrityError, XnatfsError
 from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.reader.fetcher import Fetcher

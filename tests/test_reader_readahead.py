@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xnatfs.emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
+from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
 from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.errors import NotFound
 from xnatfs.tree.model import Tree
 from xnatfs.tree.names import scan_folder_name

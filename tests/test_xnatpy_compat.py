@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import xnat
 
-from xnatfs.emulator import Archive, Emulator
+from xnat_emulator import Archive, Emulator
 
 
 def oracle(archive: Archive, uri: str) -> bytes:

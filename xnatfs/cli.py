@@ -21,8 +21,9 @@ COMMANDS = (
     "xnatfs.materialize.cli",
     "xnatfs.ls",
     "xnatfs.reader.cache_cli",
-    "xnatfs.emulator.cli",
 )
+EMULATOR = "emulator"
+"""Handed whole to ``xnat_emulator``'s own parser, which is imported only when it runs."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -43,10 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
         importlib.import_module(module).register(sub)
+    sub.add_parser(EMULATOR, add_help=False,
+                   help="run an XNAT server emulator (synthetic or folder archive); "
+                        "see xnatfs emulator --help")
     return parser
 
 
+def _emulator_argv(argv: list[str]) -> list[str] | None:
+    """The arguments after ``emulator`` if that is the command, past any global ``-v``."""
+    for i, arg in enumerate(argv):
+        if arg == EMULATOR:
+            return argv[i + 1:]
+        if arg not in ("-v", "-vv", "--verbose"):
+            return None
+    return None
+
+
+def _run_emulator(argv: list[str]) -> int:
+    from xnat_emulator.cli import main as emulator_main
+
+    return emulator_main(argv, prog="xnatfs emulator")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    emulator_argv = _emulator_argv(argv)
+    if emulator_argv is not None:
+        return _run_emulator(emulator_argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

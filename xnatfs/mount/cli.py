@@ -31,7 +31,6 @@ from xnatfs.xnat.client import XnatClient
 log = logging.getLogger(__name__)
 
 READ_AHEAD_KB = 8 << 10  # kernel readahead of the mount, where root may set it (default 128)
-DEMO_USER, DEMO_PASSWORD = "demo", "demo"
 # Idle threads are never retired: see fs._keep_thread_state. (libfuse 3.14 also warns about
 # its own default for max_idle_threads unless it is given.)
 _THREADS = {"max_threads": 32, "max_idle_threads": 32}
@@ -349,13 +348,11 @@ def _wait_live(mountpoint: str, before: int, timeout: float = 30.0) -> bool:
 
 def _demo_client(timeout: float) -> XnatClient:
     """Start the emulator on a synthetic archive, in this process, and log in to it."""
-    from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+    from xnat_emulator import Emulator, EmulatorConfig, synthetic_archive
+    from xnat_emulator.demo import DEMO_PASSWORD, DEMO_SPEC, DEMO_USER
     from xnatfs.xnat.credentials import Credentials
 
-    spec = SyntheticSpec(projects=1, subjects=3, sessions=2, scans=3, dicoms=20,
-                         dicom_size=64 << 10, niftis=1, nifti_size=8 << 20, hostile=False,
-                         seed=0)
-    emulator = Emulator(synthetic_archive(spec), EmulatorConfig(),
+    emulator = Emulator(synthetic_archive(DEMO_SPEC), EmulatorConfig(),
                         users={DEMO_USER: DEMO_PASSWORD})
     emulator.start()
     client = XnatClient(emulator.url, Credentials(DEMO_USER, DEMO_PASSWORD, source="demo"),
@@ -365,6 +362,8 @@ def _demo_client(timeout: float) -> XnatClient:
 
 
 def _demo_banner(client: XnatClient, where: str) -> str:
+    from xnat_emulator.demo import DEMO_PASSWORD, DEMO_USER
+
     project = sorted(p["ID"] for p in client.listing("/data/projects"))[0]
     m = where if where.startswith("/") else "./" + where
     return "\n".join([

@@ -18,9 +18,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from xnatfs.emulator.archive import Archive, Owner
-from xnatfs.emulator.content import DiskContent
-from xnatfs.errors import UsageError
+from xnat_emulator.archive import Archive, Owner
+from xnat_emulator.content import DiskContent
+from xnat_emulator.values import BadValue
 
 RESOURCES = "resources"
 
@@ -29,7 +29,7 @@ def load_folder(root: str | os.PathLike[str]) -> Archive:
     """Read the tree under ``root`` (file contents stay on disk)."""
     top = Path(root)
     if not top.is_dir():
-        raise UsageError(f"{top}: not a directory")
+        raise BadValue(f"{top}: not a directory")
     archive = Archive()
     for project_dir in _dirs(top):
         project = archive.add_project(project_dir.name)

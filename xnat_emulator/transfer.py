@@ -13,10 +13,10 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-from xnatfs.emulator.archive import File
-from xnatfs.emulator.content import Content
-from xnatfs.emulator.knobs import TokenBucket
-from xnatfs.emulator.log import Record
+from xnat_emulator.archive import File
+from xnat_emulator.content import Content
+from xnat_emulator.knobs import TokenBucket
+from xnat_emulator.log import Record
 
 _BUFFER = 64 * 1024
 _SENDFILE_MAX = 8 << 20

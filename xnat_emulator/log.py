@@ -1,5 +1,9 @@
 """The request log: what every request cost, so tests can assert on requests and bytes.
 
+It keeps only the most recent ``limit`` records (``EmulatorConfig.log_limit``), so a demo or
+soak server that runs for days holds a bounded amount of memory; the default is far above
+what any one test or benchmark asserts on.
+
 A record is appended when the request arrives and completed as the response goes out, so a
 client that has just read a response always finds its record, with the status already set
 and every body byte it received already counted.
@@ -8,6 +12,7 @@ and every body byte it received already counted.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,11 +42,11 @@ class Record:
 
 
 class RequestLog:
-    """Thread-safe list of records with small query helpers."""
+    """Thread-safe ring of the most recent records, with small query helpers."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = 100_000) -> None:
         self._lock = threading.Lock()
-        self._records: list[Record] = []
+        self._records: deque[Record] = deque(maxlen=limit)
 
     def add(self, record: Record) -> Record:
         with self._lock:

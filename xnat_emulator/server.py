@@ -22,15 +22,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from urllib.parse import parse_qsl
 
-from xnatfs.emulator import pages, zipper
-from xnatfs.emulator.archive import Archive
-from xnatfs.emulator.auth import Auth
-from xnatfs.emulator.gate import Gate, Visitor
-from xnatfs.emulator.knobs import EmulatorConfig, TokenBucket
-from xnatfs.emulator.log import Record, RequestLog
-from xnatfs.emulator.routes import HttpError, Router
-from xnatfs.emulator.transfer import Abort, BodyWriter, Plan, Response
-from xnatfs.emulator.views import View
+from xnat_emulator import pages, zipper
+from xnat_emulator.archive import Archive
+from xnat_emulator.auth import Auth
+from xnat_emulator.gate import Gate, Visitor
+from xnat_emulator.knobs import EmulatorConfig, TokenBucket
+from xnat_emulator.log import Record, RequestLog
+from xnat_emulator.routes import HttpError, Router
+from xnat_emulator.transfer import Abort, BodyWriter, Plan, Response
+from xnat_emulator.views import View
 
 logger = logging.getLogger(__name__)
 DATA_KINDS = frozenset({"listing", "item", "file", "zip"})
@@ -48,7 +48,7 @@ class Emulator:
         self._config = config or EmulatorConfig()
         self.auth = Auth(users or {}, self._config)
         self.gate = Gate(self.auth, self._config)
-        self.log = RequestLog()
+        self.log = RequestLog(self._config.log_limit)
         self.host = host
         self.port = port
         self._bandwidth = TokenBucket(lambda: self.config.bandwidth)

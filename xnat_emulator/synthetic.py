@@ -2,7 +2,7 @@
 
 ``SyntheticSpec`` says how many of everything; ``synthetic_archive`` builds the same archive
 (same IDs, labels and bytes) for the same spec, in any process. ``hostile=True`` adds a set
-of awkward cases seen on real servers (reference §10.9): odd labels, duplicate resource
+of awkward cases seen on real servers (docs/xnat-api.md §10.9): odd labels, duplicate resource
 labels, missing files, empty digests, sharing, private and protected projects.
 """
 
@@ -13,11 +13,10 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from xnatfs.emulator.archive import EPOCH, Archive, Experiment, Owner, Resource
-from xnatfs.emulator.content import SyntheticContent
-from xnatfs.emulator.hostile import add_hostile
-from xnatfs.errors import UsageError
-from xnatfs.units import parse_size
+from xnat_emulator.archive import EPOCH, Archive, Experiment, Owner, Resource
+from xnat_emulator.content import SyntheticContent
+from xnat_emulator.hostile import add_hostile
+from xnat_emulator.values import BadValue, parse_size
 
 DICOM_HEADER = bytes(128) + b"DICM"
 GZIP_HEADER = b"\x1f\x8b\x08\x00"
@@ -61,7 +60,7 @@ class SyntheticSpec:
             key, sep, value = item.partition("=")
             key = key.strip()
             if not sep or key not in fields:
-                raise UsageError(f"bad synthetic spec item {item!r}; keys: {', '.join(fields)}")
+                raise BadValue(f"bad synthetic spec item {item!r}; keys: {', '.join(fields)}")
             values[key] = _convert(key, fields[key].type, value.strip())
         return cls(**values)  # type: ignore[arg-type]
 
@@ -69,14 +68,14 @@ class SyntheticSpec:
 def _convert(key: str, kind: object, value: str) -> object:
     if kind == "bool":
         if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-            raise UsageError(f"{key} must be true or false, not {value!r}")
+            raise BadValue(f"{key} must be true or false, not {value!r}")
         return value.lower() in ("1", "true", "yes", "on")
     if kind == "tuple[str, ...]":
         return tuple(filter(None, value.split("+")))
     if key.endswith("_size"):
         return parse_size(value)
     if not value.isdigit():
-        raise UsageError(f"{key} must be a whole number, not {value!r}")
+        raise BadValue(f"{key} must be a whole number, not {value!r}")
     return int(value)
 
 

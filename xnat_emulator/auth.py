@@ -1,4 +1,4 @@
-"""Users, HTTP sessions, alias tokens and lockout, with XNAT's rules (reference §7).
+"""Users, HTTP sessions, alias tokens and lockout, with XNAT's rules (docs/xnat-api.md §7).
 
 Every successful Basic login opens a new session (as Spring's session-fixation strategy
 does) unless the request carries a live session of the same user; sessions expire after
@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from xnatfs.emulator.knobs import EmulatorConfig
+from xnat_emulator.knobs import EmulatorConfig
 
 GUEST = "guest"
 TOKEN_LIFETIME = 2 * 24 * 3600.0

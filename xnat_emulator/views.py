@@ -11,12 +11,12 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources as package_data
 
-from xnatfs.emulator import downloads, listings, pages
-from xnatfs.emulator.archive import EPOCH, Archive, Assessor, Reconstruction, Scan
-from xnatfs.emulator.knobs import EmulatorConfig
-from xnatfs.emulator.listings import table
-from xnatfs.emulator.routes import HttpError, Target
-from xnatfs.emulator.transfer import Response
+from xnat_emulator import downloads, listings, pages
+from xnat_emulator.archive import EPOCH, Archive, Assessor, Reconstruction, Scan
+from xnat_emulator.knobs import EmulatorConfig
+from xnat_emulator.listings import table
+from xnat_emulator.routes import HttpError, Target
+from xnat_emulator.transfer import Response
 
 BUILD_INFO = {"version": "1.8.10", "buildNumber": "8", "buildDate": "Mon Nov 20 12:00:00 UTC 2023",
               "sha": "emulated", "isDirty": "false", "branch": "emulator", "commit": "emulated",
@@ -230,7 +230,7 @@ class View:
 def _xnat_xsd() -> bytes:
     """XNAT 1.7's xnat.xsd, with ``xdat:LONGVARCHAR`` made ``xs:string`` so that it stands
     alone (xnatpy builds its classes from it and must resolve every type)."""
-    return package_data.files("xnatfs.emulator").joinpath("data/xnat.xsd").read_bytes()
+    return package_data.files("xnat_emulator").joinpath("data/xnat.xsd").read_bytes()
 
 
 def _text(text: str) -> Response:

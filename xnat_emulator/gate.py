@@ -1,6 +1,6 @@
 """The security gate in front of every request, and the endpoints that change security state.
 
-Mirrors the layering of a real deployment (reference §7): Basic credentials are checked on
+Mirrors the layering of a real deployment (docs/xnat-api.md §7): Basic credentials are checked on
 every path (a wrong password is a Tomcat 401 *without* WWW-Authenticate), a live JSESSIONID
 cookie of the same user spares re-authentication, and an unauthenticated request to a data
 path gets 401 + WWW-Authenticate (non-browser), a 302 to the login page (browser), or,
@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-from xnatfs.emulator import pages
-from xnatfs.emulator.auth import GUEST, Auth, Session
-from xnatfs.emulator.knobs import EmulatorConfig
-from xnatfs.emulator.routes import HttpError, Target
-from xnatfs.emulator.transfer import Response
+from xnat_emulator import pages
+from xnat_emulator.auth import GUEST, Auth, Session
+from xnat_emulator.knobs import EmulatorConfig
+from xnat_emulator.routes import HttpError, Target
+from xnat_emulator.transfer import Response
 
 OPEN_PATHS = {"", "/app/template/Login.vm", "/data/JSESSION", "/data/services/auth",
               "/xapi/siteConfig/buildInfo"}

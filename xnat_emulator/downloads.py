@@ -1,6 +1,6 @@
 """File listings, single-file downloads (Range, HEAD, conditional GET) and zip downloads.
 
-Follows ``FileList`` and Restlet 1.1's ``RangeFilter`` (reference §3.9, §4, §6): the path
+Follows ``FileList`` and Restlet 1.1's ``RangeFilter`` (docs/xnat-api.md §3.9, §4, §6): the path
 after ``/files/`` is matched raw, then URL-decoded as a whole if it holds ``%2B`` or ``%20``,
 then decoded once more; one range gives 206, several give 501, a range past the end is not
 checked (the body comes out short); a missing file is 404 with an empty body on a
@@ -13,11 +13,11 @@ import re
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote_plus
 
-from xnatfs.emulator import listings, zipper
-from xnatfs.emulator.archive import File, Subject
-from xnatfs.emulator.knobs import EmulatorConfig
-from xnatfs.emulator.routes import HttpError, Scope
-from xnatfs.emulator.transfer import Response
+from xnat_emulator import listings, zipper
+from xnat_emulator.archive import File, Subject
+from xnat_emulator.knobs import EmulatorConfig
+from xnat_emulator.routes import HttpError, Scope
+from xnat_emulator.transfer import Response
 
 CONTENT_TYPES = {"bmp": "image/bmp", "gif": "image/gif", "html": "text/html",
                  "jpg": "image/jpeg", "jpeg": "image/jpeg", "pdf": "application/pdf",

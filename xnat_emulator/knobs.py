@@ -56,6 +56,8 @@ class EmulatorConfig:
     """True: a range past the end gets 416. XNAT does not check, it sends a short body."""
     shuffle_rows: bool = False
     """Shuffle row order in listings, as an unordered SQL result may."""
+    log_limit: int = 100_000
+    """Records the request log keeps (the most recent ones); read when the server is made."""
     fault_kinds: frozenset[str] | None = None
     """Kinds of answer (see ``Record.kind``, e.g. ``{"file", "zip"}``) the fault knobs may
     hit. None: errors hit any request, truncations, resets and stalls hit data bodies

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from xnatfs.emulator.content import Content
+from xnat_emulator.content import Content
 
 EPOCH = 1695835881.352
 """2023-09-27 17:31:21.352 UTC: insert dates count up from here, so they are reproducible."""

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark the mount against the bundled emulator; every figure beside a same-run baseline.
 
-    .venv/bin/python scripts/bench_mount.py                 # full run (a few minutes, root)
-    .venv/bin/python scripts/bench_mount.py --size 256M --session-files 200 --stat-files 2000
+    .venv/bin/python -m scripts.bench_mount                 # full run (a few minutes, root)
+    .venv/bin/python -m scripts.bench_mount --size 256M --session-files 200 --stat-files 2000
+
+Run it from the repository root: mount paths come from the tests' layout oracle
+(``tests.support.oracle``).
 
 Figures (issue 3, "Performance"):
 
@@ -38,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
-from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator import Emulator, EmulatorConfig, File, SyntheticSpec, synthetic_archive
 from xnatfs.mount.cli import is_mounted
 from xnatfs.units import parse_size
 
@@ -70,6 +73,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=3, help="repetitions, median shown (default 3)")
     p.add_argument("--skip-wan", action="store_true", help="loopback figures only")
     args = p.parse_args()
+    if not __package__:  # run as a file: the repository root is not on sys.path
+        print("bench_mount: run it from the repository root: python -m scripts.bench_mount",
+              file=sys.stderr)
+        return 2
     for tool in ("curl", "dd", "cp", "find", "xargs", "stat", "ls"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} is needed")
@@ -109,7 +116,7 @@ def big_read(args: argparse.Namespace, profile: str, config: EmulatorConfig, siz
         for _ in range(args.runs):
             cache = tempfile.mkdtemp(prefix="bench-cache-")
             with mounted(emu, cache, f"{profile} read") as point:
-                path = point / tree_path(emu, f.uri)
+                path = point / tree_path(f)
                 drop_caches()
                 emu.log.clear()
                 colds.append(throughput(size, dd(path)))
@@ -122,7 +129,7 @@ def big_read(args: argparse.Namespace, profile: str, config: EmulatorConfig, siz
                 with mounted(emu, cache, f"{profile} read") as point:
                     if dropped:
                         drop_caches()
-                    path = point / tree_path(emu, f.uri)
+                    path = point / tree_path(f)
                     emu.log.clear()
                     warm_chunk[dropped].append(throughput(size, dd(path)))
                     assert emu.log.count(kind="file") == 0
@@ -154,7 +161,7 @@ def session_copy(args: argparse.Namespace) -> None:
             cache = tempfile.mkdtemp(prefix="bench-cache-")
             out = Path(tempfile.mkdtemp(prefix="bench-copy-"))
             with mounted(emu, cache, "cp -r") as point:
-                session = (point / tree_path(emu, files[0].uri)).parents[5]
+                session = (point / tree_path(files[0])).parents[5]
                 drop_caches()
                 emu.log.clear()
                 times.append(elapsed(["cp", "-r", str(session), str(out / "s")]))
@@ -235,14 +242,13 @@ def mounted(emu: Emulator, cache: str, phase: str) -> Iterator[Path]:
         point.rmdir()
 
 
-def tree_path(emu: Emulator, uri: str) -> str:
-    """The mount path of a scan file of a synthetic archive (no hostile names in these)."""
-    f = next(f for f in emu.archive.files() if f.uri == uri)
-    scan = f.resource.owner
-    session = scan.parent
-    subject = session.parent
-    return (f"{subject.project.id}/{subject.label}/{session.label}/scans/{scan.id}-"
-            f"{scan.type}/resources/{f.resource.label}/files/{f.relpath}")
+def tree_path(f: File) -> str:
+    """The mount path of a file of a plain synthetic archive."""
+    from tests.support.oracle import layout_path
+
+    path = layout_path(f)
+    assert path is not None, f.uri
+    return path
 
 
 def curl_get(emu: Emulator, uris: list[str]) -> tuple[list[str], str]:

@@ -14,17 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mount_support
 import pytest
-from mount_support import Mount, needs_fuse, unmount
 
+from tests.support.mount import Mount, needs_fuse, unmount
+from tests.support.oracle import Oracle
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.materialize.download import PART_SUFFIX
-from xnatfs.tree.model import Tree
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import Credentials
 
-mount = mount_support.mount  # fixture
 USERS = {"alice": "secret"}
 FILE = 50_000  # above diskcache's 32 KiB: cached chunks are files of their own
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=10, dicom_size=FILE,
@@ -34,10 +30,8 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def expected(emu: Emulator) -> dict[str, bytes]:
-    by_uri = {f.uri: f for f in emu.archive.files()}
-    with XnatClient(emu.url, Credentials("alice", "secret")) as client:
-        client.login()
-        return {p: by_uri[n.file.uri].read() for p, n in Tree(client).walk("/")}
+    o = Oracle.of(emu)
+    return {p: o.read(p) for p in o.files}
 
 
 def test_sigkill_at_ten_random_moments_then_rerun(tmp_path: Path) -> None:

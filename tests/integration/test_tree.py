@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
+from tests.support.oracle import layout_path
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.errors import NotFound
 from xnatfs.tree.model import Tree
-from xnatfs.tree.names import scan_folder_name
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials
 
@@ -41,20 +41,6 @@ def make_tree(emu) -> Tree:
     return Tree(client)
 
 
-def expected_path(f) -> str | None:
-    head = f"{f.project_id}/{f.subject_label}/{f.session_label}"
-    tail = f"resources/{f.resource_label}/files/{f.relpath}"
-    if f.level == "scan":
-        return f"{head}/scans/{scan_folder_name(f.scan_id, f.scan_type)}/{tail}"
-    if f.level == "session":
-        return f"{head}/{tail}"
-    if f.level == "subject":
-        return f"{f.project_id}/{f.subject_label}/{tail}"
-    if f.level == "project":
-        return f"{f.project_id}/{tail}"
-    return None
-
-
 def test_every_file_is_at_its_tree_path_with_its_size(plain):
     emu, archive = plain
     tree = make_tree(emu)
@@ -64,7 +50,7 @@ def test_every_file_is_at_its_tree_path_with_its_size(plain):
     for f in files:
         path, size = walked[f.uri]
         assert size == f.size
-        if (want := expected_path(f)) is not None:
+        if (want := layout_path(f)) is not None:
             assert path == want
 
 
@@ -128,7 +114,7 @@ def test_ls_recursive_lists_the_synthetic_project(plain):
     lines = out.stdout.splitlines()
     files = [f for f in archive.files() if f.project_id == project]
     for f in files:
-        want = expected_path(f)
+        want = layout_path(f)
         if want:
             assert any(line.endswith(" " + want) and f" {f.size} " in line for line in lines)
     assert sum(1 for line in lines if line.startswith("-")) == len(files)

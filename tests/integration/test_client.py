@@ -55,11 +55,13 @@ def test_wrong_password_fails_once_and_never_again_on_the_wire(emu):
 
 
 def test_expired_session_renews_silently(emu):
-    emu.config.session_timeout = 0.5
     with client_for(emu) as client:
         client.login()
-        time.sleep(0.8)
+        emu.expire_sessions()
         assert client.listing("/data/projects")
+    assert logins(emu) == 2  # the login, then one re-login when the session was refused
+    turned_away = emu.log.select(path_prefix="/data/projects", status=401)
+    assert len(turned_away) == 1 and emu.log.count(path_prefix="/data/projects", status=200) == 1
 
 
 def test_html_login_page_is_an_auth_failure_not_data(emu):

@@ -22,21 +22,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
-import mount_support
 import pytest
-from mount_support import Mount, needs_fuse
 
+from tests.support.mount import Mount, needs_fuse
+from tests.support.oracle import Oracle
 from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.pages import login_page
 from xnatfs.cli import main
 from xnatfs.materialize import engine, plan
 from xnatfs.materialize.download import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
-from xnatfs.tree.model import Tree
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import Credentials
 
-mount = mount_support.mount  # fixture
 USERS = {"alice": "secret"}
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=3, dicom_size=5000,
                      niftis=1, nifti_size=CHUNK_SIZE + 5000, assessors=0, session_resources=0,
@@ -49,24 +45,9 @@ def archive() -> Archive:
     return synthetic_archive(SPEC)
 
 
-@dataclass
-class Oracle:
-    """Tree path -> expected bytes, from the untampered server."""
-
-    files: dict[str, bytes]
-    uris: dict[str, str]
-
-    @classmethod
-    def of(cls, emu: Emulator, archive: Archive) -> Oracle:
-        by_uri = {f.uri: f for f in archive.files()}
-        with XnatClient(emu.url, Credentials("alice", "secret")) as client:
-            client.login()
-            walked = {p: n.file.uri for p, n in Tree(client).walk("/")}
-        return cls({p: by_uri[u].read() for p, u in walked.items()}, walked)
-
-    def victim(self, big: bool = False) -> str:
-        """One file's tree path (a multi-chunk one with ``big``)."""
-        return sorted(p for p, data in self.files.items() if (len(data) > CHUNK_SIZE) == big)[0]
+def victim(o: Oracle, big: bool = False) -> str:
+    """One file's tree path (a multi-chunk one with ``big``)."""
+    return sorted(p for p, f in o.files.items() if (f.size > CHUNK_SIZE) == big)[0]
 
 
 # -- the tampering proxy ----------------------------------------------------------------------
@@ -217,7 +198,7 @@ class Fault:
 
 
 def _files_prefix(o: Oracle) -> str:
-    return o.uris[o.victim()].split("/scans/")[0] + "/files"
+    return o.uris()[victim(o)].split("/scans/")[0] + "/files"
 
 
 FILE_FAULTS = frozenset({"file", "listing"})
@@ -230,20 +211,20 @@ CELLS = {
                                       "fault_kinds": frozenset({"file"})}, timeout="0.5"),
     "no Range support": Fault({"range_enabled": False}),
     "Size empty": Fault(rule=lambda o: every_size_empty),
-    "Size wrong": Fault(rule=lambda o: edit_file_rows(o.uris[o.victim()], Size="1234"),
-                        lost=lambda o: {o.victim()}),
+    "Size wrong": Fault(rule=lambda o: edit_file_rows(o.uris()[victim(o)], Size="1234"),
+                        lost=lambda o: {victim(o)}),
     "Size wrong, big file": Fault(
-        rule=lambda o: edit_file_rows(o.uris[o.victim(True)], Size=str(CHUNK_SIZE + 10)),
-        lost=lambda o: {o.victim(True)}),
-    "listed file 404s": Fault(rule=lambda o: file_404(o.uris[o.victim()]),
-                              lost=lambda o: {o.victim()}),
-    "digest mismatch": Fault(rule=lambda o: edit_file_rows(o.uris[o.victim(True)],
+        rule=lambda o: edit_file_rows(o.uris()[victim(o, True)], Size=str(CHUNK_SIZE + 10)),
+        lost=lambda o: {victim(o, True)}),
+    "listed file 404s": Fault(rule=lambda o: file_404(o.uris()[victim(o)]),
+                              lost=lambda o: {victim(o)}),
+    "digest mismatch": Fault(rule=lambda o: edit_file_rows(o.uris()[victim(o, True)],
                                                             digest="0" * 32),
-                             lost=lambda o: {o.victim(True)}),
+                             lost=lambda o: {victim(o, True)}),
     "malformed JSON once": Fault(rule=lambda o: listing_of(_files_prefix(o), MALFORMED, 1)),
     "malformed JSON always": Fault(
         rule=lambda o: listing_of(_files_prefix(o), MALFORMED),
-        lost=lambda o: {p for p, u in o.uris.items() if u.startswith(_files_prefix(o)[:-6])}),
+        lost=lambda o: {p for p, u in o.uris().items() if u.startswith(_files_prefix(o)[:-6])}),
     "HTML login page once": Fault(rule=lambda o: listing_of(_files_prefix(o), HTML, 1)),
 }
 
@@ -268,7 +249,7 @@ def rig(archive: Archive, monkeypatch) -> Iterator[Callable[[Fault], Rig]]:
     def make(fault: Fault) -> Rig:
         emu = Emulator(archive, EmulatorConfig(seed=7), users=USERS)
         emu.start()
-        oracle = Oracle.of(emu, archive)
+        oracle = Oracle.of(emu)
         tamper = Tamper(emu, fault.rule(oracle) if fault.rule else None).start()
         made.append((emu, tamper))
         emu.log.clear()
@@ -295,7 +276,7 @@ def assert_materialized(out: Path, oracle: Oracle, code: int, summary: dict,
                if p.is_file() and not p.name.endswith(PART_SUFFIX)}
     failed = {f["path"] for f in summary["failures"]}
     for path, data in written.items():
-        assert data == oracle.files[path], f"wrong bytes under a final name: {path}"
+        assert data == oracle.read(path), f"wrong bytes under a final name: {path}"
     covered = set(written) | {p for p in oracle.files if any(
         p == f or p.startswith(f + "/") for f in failed)}
     assert covered == set(oracle.files)  # each file is there or named as failed
@@ -340,9 +321,9 @@ def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path
     m = mount(SimpleNamespace(url=url), "--timeout", fault.timeout, "--ttl", "1")
     lost = fault.lost(oracle) if fault.lost else set()
     outcome = {}
-    for path, data in oracle.files.items():
+    for path in oracle.files:
         try:
-            outcome[path] = "ok" if (m / path).read_bytes() == data else "WRONG BYTES"
+            outcome[path] = "ok" if (m / path).read_bytes() == oracle.read(path) else "WRONG BYTES"
         except OSError as exc:
             outcome[path] = errno.errorcode[exc.errno]
     allowed = {"ok", "EIO"} | ({"ENOENT"} if "404" in name else set())
@@ -357,8 +338,8 @@ def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path
     tamper.rule = None
     if fault.rule is not None:
         time.sleep(1.2)  # the listings' TTL
-    for path, data in oracle.files.items():
-        assert (m / path).read_bytes() == data, path
+    for path in oracle.files:
+        assert (m / path).read_bytes() == oracle.read(path), path
     assert "Traceback" not in m.log.read_text()
 
 
@@ -367,8 +348,8 @@ def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path
 def test_mount_never_serves_a_file_that_fails_its_digest(rig, mount: Callable[..., Mount]):
     _emu, url, oracle, _tamper = rig(CELLS["digest mismatch"])
     m = mount(SimpleNamespace(url=url), "--timeout", "2")
-    path = m / oracle.victim(True)
-    size = len(oracle.files[oracle.victim(True)])
+    path = m / victim(oracle, True)
+    size = oracle.files[victim(oracle, True)].size
     with open(path, "rb", buffering=0) as f, pytest.raises(OSError) as failure:
         os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         os.pread(f.fileno(), 4096, size - 4096)  # the last chunk first (a seek, e.g. a header)
@@ -446,7 +427,7 @@ def test_mount_renews_an_expired_session_once(rig, mount: Callable[..., Mount]):
     paths = sorted(oracle.files)
     half = len(paths) // 2
     for path in paths[:half]:
-        assert (m / path).read_bytes() == oracle.files[path]
+        assert (m / path).read_bytes() == oracle.read(path)
     sessions.expire()
     threads = [threading.Thread(target=lambda p=p: (m / p).read_bytes()) for p in paths[half:]]
     for t in threads:
@@ -454,7 +435,7 @@ def test_mount_renews_an_expired_session_once(rig, mount: Callable[..., Mount]):
     for t in threads:
         t.join()
     for path in paths[half:]:
-        assert (m / path).read_bytes() == oracle.files[path]
+        assert (m / path).read_bytes() == oracle.read(path)
     assert sessions.after_expiry == 1
 
 

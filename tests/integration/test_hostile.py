@@ -14,12 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.oracle import Oracle
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.cli import main
 from xnatfs.errors import ServerError, XnatfsError
 from xnatfs.tree.model import Context, Node, Tree, resource_folders
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import Credentials
 from xnatfs.xnat.rows import (
     Assessor,
     Experiment,
@@ -44,18 +43,12 @@ def assert_safe(name: str) -> None:
 # -- names from a hostile server ------------------------------------------------------------
 
 
-def _tree_paths(emu: Emulator) -> dict[str, Node]:
-    with XnatClient(emu.url, Credentials("alice", "secret")) as client:
-        client.login()
-        return dict(Tree(client).walk("/"))
-
-
 def test_every_hostile_item_has_one_safe_stable_name_and_lands_inside(tmp_path, monkeypatch,
                                                                       capsys):
     archive = synthetic_archive(HOSTILE)
     listed = [f for f in archive.files() if f.project_id == "HOSTILE"]
     with Emulator(archive, EmulatorConfig(shuffle_rows=True), users={"alice": "secret"}) as emu:
-        first, again = _tree_paths(emu), _tree_paths(emu)
+        first, again = Oracle.of(emu).nodes, Oracle.of(emu).nodes
         # Stable: rows in another order give the very same names.
         assert {p: n.file.uri for p, n in first.items()} == \
             {p: n.file.uri for p, n in again.items()}

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import xnat
 
+from tests.support.oracle import archive_file
 from xnat_emulator import Archive, Emulator
-
-
-def oracle(archive: Archive, uri: str) -> bytes:
-    """The bytes behind a listed file URI, from the archive itself."""
-    match = re.search(r"/resources/(\d+)/files/(.*)$", uri)
-    assert match, uri
-    f = archive.resources[int(match[1])].find(match[2])
-    assert f is not None
-    return f.read()
 
 
 def connect(emulator: Emulator, user: str, password: str) -> Any:
@@ -42,7 +33,8 @@ def test_walk_and_download(make_emulator: Any, small_archive: Archive, tmp_path:
                             for f in resource.files.values():
                                 target = tmp_path / f"{downloaded}.bin"
                                 f.download(str(target), verbose=False)  # MD5-checked by xnatpy
-                                assert target.read_bytes() == oracle(small_archive, f.uri)
+                                want = archive_file(small_archive, f.uri).read()
+                                assert target.read_bytes() == want
                                 downloaded += 1
     scan_files = [f for f in small_archive.files() if f.level == "scan"]
     assert downloaded == len(scan_files)

@@ -13,15 +13,13 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support.oracle import Oracle
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.archive import EPOCH, timestamp
 from xnat_emulator.content import SyntheticContent
 from xnatfs.cli import main
 from xnatfs.materialize.download import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
-from xnatfs.tree.model import RemoteFile, Tree
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import Credentials
 
 NIFTI = CHUNK_SIZE + 4097  # two chunks: large files go through parallel ranges
 PLAIN = SyntheticSpec(projects=2, subjects=2, sessions=2, scans=2, dicoms=3, dicom_size=2048,
@@ -67,18 +65,6 @@ def run_json(capsys, *argv: str) -> tuple[int, dict]:
     return code, json.loads(out)
 
 
-def tree_of(emu: Emulator) -> Tree:
-    client = XnatClient(emu.url, Credentials("alice", "secret", source="test"))
-    client.login()
-    return Tree(client)
-
-
-def tree_files(emu: Emulator, *paths: str) -> dict[str, str]:
-    """Tree path -> file URI below ``paths``: what the mount shows, the layout oracle."""
-    tree = tree_of(emu)
-    return {p: node.file.uri for path in paths for p, node in tree.walk(path)}
-
-
 def local_files(out: Path) -> dict[str, Path]:
     return {str(p.relative_to(out)): p for p in out.rglob("*") if p.is_file()}
 
@@ -87,29 +73,10 @@ def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
 
-def oracle(archive) -> dict[str, object]:
-    """Archive files by URI, also under the other URIs a listing may give them (a subject
-    shared into another project is listed with that project's prefix)."""
-    files: dict[str, object] = {}
-    for f in archive.files():
-        files[f.uri] = files[_resource_key(f.uri)] = f
-    return files
-
-
-def _resource_key(uri: str) -> str:
-    return "…/resources/" + uri.split("/resources/", 1)[1]
-
-
-def by_uri(archive, uri: str):
-    files = oracle(archive)
-    return files.get(uri) or files[_resource_key(uri)]
-
-
-def assert_same_as_tree(emu: Emulator, archive, out: Path, *paths: str) -> None:
+def assert_same_as_tree(emu: Emulator, out: Path, *paths: str) -> None:
     """``out`` holds exactly the tree's files below ``paths`` (present on the server), each
     with the server's bytes, and nothing else."""
-    files = {p: by_uri(archive, uri) for p, uri in tree_files(emu, *paths).items()}
-    want = {p: f for p, f in files.items() if not f.missing}
+    want = Oracle.of(emu, *paths).present()
     have = local_files(out)
     assert set(have) == set(want)
     for path, f in want.items():
@@ -133,7 +100,7 @@ def test_a_project_lands_in_the_tree_layout_and_a_rerun_fetches_nothing(emu, arc
     code, summary = run_json(capsys, emu.url, "PROJ01", "-o", str(out))
     assert code == 0 and summary["ok"]
     assert summary["downloaded"] == summary["selected"] > 20
-    assert_same_as_tree(emu, archive, out, "PROJ01")
+    assert_same_as_tree(emu, out, "PROJ01")
     nifti = [r for r in file_requests(emu) if r.path.endswith(".nii.gz")]
     assert nifti and all(r.status == 206 for r in nifti)  # large files in parallel ranges
 
@@ -157,7 +124,7 @@ def test_every_level_can_be_selected(emu, capsys, tmp_path, paths):
     assert code == 0
     selected = [f["path"] for f in plan["files"]]
     assert len(selected) == len(set(selected))
-    assert set(selected) == set(tree_files(emu, *paths))
+    assert set(selected) == set(Oracle.of(emu, *paths).files)
     assert not list(tmp_path.iterdir())  # a dry run writes nothing
 
 
@@ -166,7 +133,7 @@ def test_a_subject_and_a_single_file_download_into_their_tree_paths(emu, archive
     one = "PROJ02/S001/S001_MR1/scans/2-T2w/resources/DICOM/files/0002.dcm"
     code, _, _ = run(capsys, emu.url, "PROJ01/S002", one, "-o", str(tmp_path))
     assert code == 0
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ01/S002", one)
+    assert_same_as_tree(emu, tmp_path, "PROJ01/S002", one)
 
 
 def test_an_unknown_path_is_one_line_and_exit_4(emu, capsys, tmp_path):
@@ -213,7 +180,7 @@ def test_filters_select_what_the_oracle_says(emu, archive, capsys, tmp_path, nam
     options, wanted = FILTERS[name]
     code, plan = run_json(capsys, emu.url, "PROJ01", "-o", str(tmp_path), "--dry-run", *options)
     assert code == 0
-    uris = tree_files(emu, "PROJ01")
+    uris = Oracle.of(emu, "PROJ01").uris()
     got = {uris[f["path"]] for f in plan["files"]}
     expected = {f.uri for f in archive.files() if f.project_id == "PROJ01" and wanted(f)}
     assert got == expected
@@ -225,7 +192,7 @@ def test_since_takes_sessions_archived_since_the_date(emu, archive, capsys, tmp_
     code, plan = run_json(capsys, emu.url, "/", "-o", str(tmp_path), "--dry-run",
                           "--since", since)
     assert code == 0
-    uris = tree_files(emu, "/")
+    uris = Oracle.of(emu, "/").uris()
     got = {uris[f["path"]] for f in plan["files"]}
     cut = time.mktime(time.strptime(since, "%Y-%m-%d %H:%M:%S"))
     expected = {f.uri for f in archive.files() if f.session_label is not None
@@ -249,7 +216,7 @@ def test_a_filtered_download_holds_only_the_selected_files(emu, archive, capsys,
     code, _, _ = run(capsys, emu.url, "PROJ02", "-o", str(tmp_path), "--scan-type", "T1w",
                      "--resource", "DICOM", "-j", "3")
     assert code == 0
-    uris = tree_files(emu, "PROJ02")
+    uris = Oracle.of(emu, "PROJ02").uris()
     have = local_files(tmp_path)
     assert {uris[p] for p in have} == {
         f.uri for f in archive.files()
@@ -274,7 +241,7 @@ def test_verify_finds_a_corrupted_copy_and_replaces_only_it(emu, archive, capsys
     assert summary["verified"] == summary["selected"] - 1
     fetched = {r.path for r in file_requests(emu)}
     assert fetched and all(p.endswith(victim.name) for p in fetched)
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ01/S001/S001_MR1")
+    assert_same_as_tree(emu, tmp_path, "PROJ01/S001/S001_MR1")
 
 
 def test_a_file_whose_size_changed_is_downloaded_again(emu, archive, capsys, tmp_path):
@@ -284,12 +251,12 @@ def test_a_file_whose_size_changed_is_downloaded_again(emu, archive, capsys, tmp
     emu.log.clear()
     code, summary = run_json(capsys, emu.url, "PROJ01/S002/S002_MR2", "-o", str(tmp_path))
     assert code == 0 and summary["downloaded"] == 1
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ01/S002/S002_MR2")
+    assert_same_as_tree(emu, tmp_path, "PROJ01/S002/S002_MR2")
 
 
 def test_a_part_file_is_continued_with_range(emu, archive, capsys, tmp_path):
     path = "PROJ02/S002/S002_MR2/scans/1-T1w/resources/NIFTI/files/1_T1w.nii.gz"
-    oracle = by_uri(archive, tree_files(emu, path)[path])
+    oracle = Oracle.of(emu, path).files[path]
     final = tmp_path / path
     final.parent.mkdir(parents=True)
     part = final.parent / f".{final.name}{PART_SUFFIX}"
@@ -303,7 +270,7 @@ def test_a_part_file_is_continued_with_range(emu, archive, capsys, tmp_path):
 
 def test_a_part_file_of_an_older_version_is_thrown_away(emu, archive, capsys, tmp_path):
     path = "PROJ02/S002/S002_MR1/scans/2-T2w/resources/NIFTI/files/2_T2w.nii.gz"
-    oracle = by_uri(archive, tree_files(emu, path)[path])
+    oracle = Oracle.of(emu, path).files[path]
     final = tmp_path / path
     final.parent.mkdir(parents=True)
     (final.parent / f".{final.name}{PART_SUFFIX}").write_bytes(b"\0" * CHUNK_SIZE)
@@ -345,7 +312,7 @@ def test_a_large_file_comes_in_parallel_ranges_written_in_order(capsys, tmp_path
     with Emulator(archive, EmulatorConfig(latency=0.01), users=USERS) as emu:
         code, _, _ = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path), "-j", "8")
         assert code == 0
-        assert_same_as_tree(emu, archive, tmp_path, "PROJ01")
+        assert_same_as_tree(emu, tmp_path, "PROJ01")
         big = next(f for f in archive.files() if f.size > CHUNK_SIZE)
         ranges = sorted(r.range for r in file_requests(emu) if r.path == uri_path(big.uri))
     size = big.size
@@ -355,11 +322,10 @@ def test_a_large_file_comes_in_parallel_ranges_written_in_order(capsys, tmp_path
 
 def test_chunks_in_the_mount_cache_are_copied_not_downloaded(emu, archive, capsys, tmp_path):
     path = "PROJ01/S001/S001_MR2/scans/2-T2w/resources/NIFTI/files/2_T2w.nii.gz"
-    tree = tree_of(emu)
-    node = tree.lookup(path)
-    oracle = by_uri(archive, node.file.uri)
+    seen = Oracle.of(emu, path)
+    node, oracle = seen.nodes[path], seen.files[path]
     cache = ChunkCache(str(tmp_path / "cache"))
-    cache.put(node.file, 0, oracle.read(0, CHUNK_SIZE))
+    assert cache.put(node.file, 0, oracle.read(0, CHUNK_SIZE))  # under the mount's key
     entries = cache.stats()["entries"]
     cache.close()
     emu.log.clear()
@@ -371,7 +337,6 @@ def test_chunks_in_the_mount_cache_are_copied_not_downloaded(emu, archive, capsy
     cache = ChunkCache(str(tmp_path / "cache"))
     assert cache.stats()["entries"] == entries  # materialize only reads the mount's cache
     cache.close()
-    assert isinstance(node.file, RemoteFile)
 
 
 # -- hostile names ------------------------------------------------------------------------
@@ -389,7 +354,7 @@ def test_hostile_names_stay_inside_the_output_folder(capsys, tmp_path, monkeypat
         assert code == 1 and missing
         assert all("not found" in f["reason"] for f in summary["failures"])
         assert summary["failed"] == len(summary["failures"])
-        assert_same_as_tree(emu, archive, out, "/")
+        assert_same_as_tree(emu, out, "/")
     assert [p.name for p in box.iterdir()] == ["out"]
     root = os.path.realpath(out)
     for path in out.rglob("*"):
@@ -404,7 +369,7 @@ def test_a_server_that_ignores_range(emu, archive, capsys, tmp_path):
     emu.config.range_enabled = False
     code, _, _ = run(capsys, emu.url, "PROJ02/S001", "-o", str(tmp_path), "-j", "4")
     assert code == 0
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ02/S001")
+    assert_same_as_tree(emu, tmp_path, "PROJ02/S001")
     size = sum(f.size for f in archive.files()
                if f.project_id == "PROJ02" and f.subject_label == "S001")
     assert emu.log.bytes_sent(kind="file") <= 2 * size  # each file streamed about once
@@ -436,7 +401,7 @@ def test_faults_still_give_a_complete_verified_tree(emu, archive, capsys, tmp_pa
     assert code == 0, err
     faults = {r.fault for r in emu.log.records()}
     emu.config = EmulatorConfig()
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ01")
+    assert_same_as_tree(emu, tmp_path, "PROJ01")
     assert {"error", "truncate", "reset"} <= faults
 
 
@@ -449,7 +414,7 @@ def test_stalled_transfers_time_out_and_are_retried(emu, archive, capsys, tmp_pa
     assert code == 0, err
     assert emu.log.count(fault="stall") > 0
     emu.config = EmulatorConfig()
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ02/S002")
+    assert_same_as_tree(emu, tmp_path, "PROJ02/S002")
 
 
 def test_a_session_expiring_mid_run_is_renewed_once(emu, archive, capsys, tmp_path):
@@ -471,7 +436,7 @@ def test_a_session_expiring_mid_run_is_renewed_once(emu, archive, capsys, tmp_pa
     assert emu.log.count(status=401) > 0  # the expiry was noticed...
     assert emu.log.count(method="POST", path_prefix="/data/JSESSION", status=200) == 2
     emu.config = EmulatorConfig()
-    assert_same_as_tree(emu, archive, tmp_path, "PROJ02")  # ...and nothing was lost to it
+    assert_same_as_tree(emu, tmp_path, "PROJ02")  # ...and nothing was lost to it
 
 
 # -- shards, summary, usage ---------------------------------------------------------------
@@ -487,7 +452,7 @@ def test_shards_split_the_files_exactly(emu, archive, capsys, tmp_path):
         code, _, _ = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path / f"s{k}"),
                          "--shard", f"{k}/3", "--cache-dir", str(tmp_path / "none"))
     assert min(counts) > 0
-    assert_same_as_tree(emu, archive, tmp_path / "all", "PROJ01")
+    assert_same_as_tree(emu, tmp_path / "all", "PROJ01")
     parts = [set(local_files(tmp_path / f"s{k}")) for k in (1, 2, 3)]
     assert sum(map(len, parts)) == len(set().union(*parts)) == sum(counts)
 

@@ -1,15 +1,14 @@
 """The soak, shortened (SECURITY.md): scripts/soak.py for 20 s. The long run is
-``.venv/bin/python scripts/soak.py --minutes N``."""
+``.venv/bin/python -m scripts.soak --minutes N``."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-from mount_support import needs_fuse
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
+from scripts import soak
+from tests.support.mount import needs_fuse
 
 
 @needs_fuse
@@ -17,10 +16,6 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "soak.py"
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_soak_readers_and_materialize_together(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("soak", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    soak = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(soak)
     report = soak.soak(20, tmp_path, readers=4)
     assert report["errors"] == [] and report["mount_exit"] == 0
     assert all(report["counts"].values()), report["counts"]  # every kind of reader ran

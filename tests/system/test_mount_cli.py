@@ -10,15 +10,13 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import mount_support
 import pytest
-from mount_support import Mount, needs_fuse, tree_of, unmount, xnatfs
 
+from tests.support.mount import Mount, needs_fuse, tree_of, unmount, xnatfs
 from xnat_emulator import Emulator
 from xnatfs.mount.cli import is_mounted
 from xnatfs.units import parse_size
 
-mount = mount_support.mount  # fixture
 pytestmark = [pytest.mark.timeout(90)]
 
 

@@ -13,15 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mount_support
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mount_support import Mount, Oracle, needs_fuse, tree_of
 
+from tests.support.mount import Mount, needs_fuse, tree_of
+from tests.support.oracle import Oracle
 from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
 
-mount, oracle = mount_support.mount, mount_support.oracle  # fixtures
 pytestmark = [needs_fuse, pytest.mark.fuse, pytest.mark.timeout(90)]
 MiB = 1 << 20
 BIG = 9 * MiB + 12345  # three 4 MiB chunks, the last one short
@@ -34,8 +33,8 @@ def big_archive() -> Archive:
 
 
 def big_file(m: Mount, o: Oracle) -> tuple[Path, File]:
-    path = next(p for p in o.files if o.content(p).size == BIG)
-    return m / path, o.content(path)
+    path = next(p for p in o.files if o.files[p].size == BIG)
+    return m / path, o.files[path]
 
 
 def md5(path: Path) -> str:
@@ -58,7 +57,7 @@ def test_tree_and_hostile_names(hostile_emulator: Emulator, mount: Callable[...,
                    "a_b"):
         assert wanted in names, wanted
     for path in o.files:
-        content = o.content(path)
+        content = o.files[path]
         if content.missing:
             with pytest.raises(FileNotFoundError):
                 (m / path).read_bytes()
@@ -75,7 +74,7 @@ def test_ls_find_du_stat_never_download(emulator: Emulator, mount: Callable[...,
         subprocess.run(cmd, check=True, capture_output=True)
     for path in o.files:
         st = os.stat(m / path)
-        assert st.st_size == o.content(path).size and st.st_mode & 0o777 == 0o444
+        assert st.st_size == o.files[path].size and st.st_mode & 0o777 == 0o444
     assert emulator.log.count(method="GET", kind="file") == 0
     assert emulator.log.count(method="HEAD") == 0
 
@@ -112,7 +111,7 @@ def test_cp_r_of_a_session_is_byte_identical(
     assert sorted(copied) == sorted(p[len(session) + 1:] for p in wanted)
     for path in wanted:
         assert (tmp_path / "copy" / path[len(session) + 1:]).read_bytes() == \
-            o.content(path).read()
+            o.files[path].read()
 
 
 def test_random_offset_reads(make_emulator: Callable[..., Emulator], big_archive: Archive,
@@ -157,7 +156,7 @@ def test_faults_give_exact_bytes_or_eio(
     outcomes = []
     for path in o.files:
         try:
-            assert (m / path).read_bytes() == o.content(path).read(), path
+            assert (m / path).read_bytes() == o.files[path].read(), path
             outcomes.append("ok")
         except OSError as exc:
             assert exc.errno == errno.EIO, exc
@@ -223,8 +222,8 @@ def test_eviction_keeps_the_cache_under_its_limit(
     m, o = mount(emu, "--cache-size", "6M", cache_dir=str(tmp_path / "c")), oracle(emu)
     read = 0
     for path in o.files:
-        assert (m / path).read_bytes() == o.content(path).read()
-        read += o.content(path).size
+        assert (m / path).read_bytes() == o.files[path].read()
+        read += o.files[path].size
         used = sum(f.stat().st_size for f in (tmp_path / "c").rglob("*") if f.is_file()
                    and not f.name.endswith(("-wal", "-shm")))
         assert used <= limit
@@ -246,7 +245,7 @@ def test_remount_is_served_from_cache_with_the_server_stopped(
     tree_of(second.path)  # listings come from the server ...
     emulator.stop()  # ... but no byte does
     for path in wanted:
-        assert (second / path).read_bytes() == o.content(path).read()
+        assert (second / path).read_bytes() == o.files[path].read()
 
 
 def test_read_only(emulator: Emulator, mount: Callable[..., Mount],
@@ -284,4 +283,4 @@ def test_fstat_of_open_files_and_folders(emulator: Emulator, mount: Callable[...
             assert stat.S_ISDIR(os.fstat(fd).st_mode) == is_dir
         finally:
             os.close(fd)
-    assert os.stat(m / rel).st_size == o.content(rel).size
+    assert os.stat(m / rel).st_size == o.files[rel].size

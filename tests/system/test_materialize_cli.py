@@ -21,12 +21,10 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support.oracle import Oracle
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.materialize.download import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
-from xnatfs.tree.model import Tree
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import Credentials
 
 SPEC = SyntheticSpec(projects=2, subjects=1, sessions=2, scans=2, dicoms=8, dicom_size=64 << 10,
                      niftis=1, nifti_size=2 * CHUNK_SIZE + 12345, assessors=0, seed=11)
@@ -59,13 +57,10 @@ CREDS = {"XNAT_USER": "alice", "XNAT_PASS": "secret"}
 COMMAND = [sys.executable, "-m", "xnatfs", "materialize"]
 
 
-def expected(emu: Emulator, archive, path: str) -> dict[str, tuple[str, str]]:
+def expected(emu: Emulator, path: str) -> dict[str, tuple[str, str]]:
     """Tree path -> (request path of its file, MD5), for the files below ``path``."""
-    client = XnatClient(emu.url, Credentials("alice", "secret", source="test"))
-    client.login()
-    files = {f.uri: f for f in archive.files()}
-    return {p: (quote(n.file.uri, safe="/"), files[n.file.uri].md5)
-            for p, n in Tree(client).walk(path)}
+    o = Oracle.of(emu, path)
+    return {p: (quote(uri, safe="/"), o.files[p].md5) for p, uri in o.uris().items()}
 
 
 def md5_of(path: Path) -> str:
@@ -79,9 +74,8 @@ def assert_complete(out: Path, want: dict[str, tuple[str, str]]) -> None:
         assert md5_of(have[path]) == digest, path
 
 
-def test_kill_9_then_rerun_continues_and_skips_verified_files(emu, server, tmp_path):
-    archive = server[1]
-    want = expected(emu, archive, "PROJ01")
+def test_kill_9_then_rerun_continues_and_skips_verified_files(emu, tmp_path):
+    want = expected(emu, "PROJ01")
     out = tmp_path / "out"
     emu.config.bandwidth = 6e6  # about 3 s for the project: slow enough to be killed
     child = subprocess.Popen([*COMMAND, emu.url, "PROJ01", "-o", str(out), "-j", "4"],
@@ -125,7 +119,7 @@ def test_kill_9_then_rerun_continues_and_skips_verified_files(emu, server, tmp_p
 
 
 def test_ctrl_c_reports_what_was_done_and_a_rerun_completes(emu, server, tmp_path):
-    want = expected(emu, server[1], "PROJ02")
+    want = expected(emu, "PROJ02")
     out = tmp_path / "out"
     emu.config.bandwidth = 6e6
     child = subprocess.Popen([*COMMAND, emu.url, "PROJ02", "-o", str(out)], env=env(**CREDS),
@@ -201,7 +195,7 @@ def test_xnat_downloader_habits_password_prompt_and_numbered_menu(emu, server, t
     term.send("2")
     assert term.finish() == 0
     assert "materialize" in term.seen  # the progress bar, on a terminal
-    assert_complete(out, expected(emu, server[1], "PROJ02"))
+    assert_complete(out, expected(emu, "PROJ02"))
 
 
 def test_no_path_and_no_terminal_is_a_clear_error(emu, tmp_path):
@@ -232,7 +226,7 @@ def in_namespace(script: str, **variables: str) -> subprocess.CompletedProcess[s
 
 @needs_unshare
 def test_a_full_disk_stops_with_one_line_and_a_rerun_completes(emu, server, tmp_path):
-    want = expected(emu, server[1], "PROJ01")
+    want = expected(emu, "PROJ01")
     (tmp_path / "out").mkdir()
     (tmp_path / "copy").mkdir()
     script = """

@@ -1,7 +1,5 @@
 """Real FUSE mounts for the tests: ``xnatfs mount -f`` in a child process against an emulator,
-always unmounted at teardown; and the oracle that says what the mount should show.
-
-Import the fixtures into a test module: ``from mount_support import mount, oracle  # noqa``.
+always unmounted at teardown (the ``mount`` fixture in ``tests.support.fixtures``).
 """
 
 from __future__ import annotations
@@ -13,19 +11,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from xnat_emulator import Emulator, File
+from tests.support.oracle import PASSWORD
 from xnatfs.mount.cli import is_mounted
-from xnatfs.tree.model import Node, Tree
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import Credentials
 
-PASSWORD = {"alice": "secret", "bob": "hunter2"}
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
 needs_fuse = pytest.mark.skipif(
     not (os.path.exists("/dev/fuse") and FUSERMOUNT), reason="needs /dev/fuse and fusermount3")
@@ -90,53 +83,6 @@ class Mount:
 
     def __truediv__(self, rel: str) -> Path:
         return Path(self.path) / rel
-
-
-@pytest.fixture
-def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
-    """``mount(emulator, *args, cache_dir=None)``: a live mount, unmounted at teardown."""
-    started: list[Mount] = []
-
-    def make(emulator: Emulator, *args: str, cache_dir: str | None = None,
-             user: str = "alice") -> Mount:
-        point = tmp_path / f"mnt{len(started)}"
-        point.mkdir()
-        m = Mount(emulator.url, str(point), cache_dir or str(tmp_path / "cache"), args, user)
-        started.append(m)
-        return m.start()
-
-    yield make
-    for m in started:
-        m.stop()
-
-
-@dataclass
-class Oracle:
-    """What the mount must show: tree paths (from the Tree) and bytes (from the archive).
-    Files are matched on ``/resources/{id}/files/{path}``: resource IDs are global, while the
-    start of a URI depends on the project a shared subject is seen through."""
-
-    files: dict[str, Node]
-    by_resource: dict[str, File]
-
-    def content(self, path: str) -> File:
-        file = self.files[path].file
-        assert file is not None
-        return self.by_resource[_from_resource(file.uri)]
-
-
-@pytest.fixture
-def oracle() -> Callable[[Emulator], Oracle]:
-    def make(emulator: Emulator, user: str = "alice") -> Oracle:
-        with XnatClient(emulator.url, Credentials(user, PASSWORD[user])) as client:
-            files = dict(Tree(client).walk("/"))
-        return Oracle(files, {_from_resource(f.uri): f for f in emulator.archive.files()})
-
-    return make
-
-
-def _from_resource(uri: str) -> str:
-    return uri[uri.index("/resources/"):]
 
 
 def tree_of(root: str | Path) -> dict[str, str]:

@@ -84,7 +84,10 @@ def test_damaged_entry_is_dropped_not_served(tmp_path: Path, damage: str) -> Non
     else:
         value.unlink()
     assert cache.get(FILE, 0) is None
-    assert not cache.contains(FILE, 0) or damage == "delete"
+    if damage != "delete":  # a value that fails its check is dropped at once
+        assert not cache.contains(FILE, 0)
+    # A missing value file may leave its index row (diskcache cannot tell it from a concurrent
+    # cull); in every case the next put replaces the entry and is served.
     assert cache.put(FILE, 0, data(0)) and cache.get(FILE, 0) == data(0)
 
 
@@ -119,8 +122,11 @@ def test_floor_evicts_own_chunks_first(tmp_path: Path) -> None:
     for i in range(6):
         cache.put(FILE, i, data(i))
     cache.min_free = shutil.disk_usage(tmp_path).free + 2 * CHUNK  # the disk fills up
-    assert cache.put(FILE, 9, data(9)) in (True, False)
-    assert int(cache.stats()["entries"]) < 6
+    stored = cache.put(FILE, 9, data(9))  # either way: other writers share this disk
+    assert int(cache.stats()["entries"]) < 6  # its own oldest chunks made way
+    assert cache.contains(FILE, 9) is stored  # and put says truly whether it kept the chunk
+    if stored:
+        assert cache.get(FILE, 9) == data(9)
 
 
 def test_default_dir_is_per_user() -> None:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import certifi
 import pytest
-from mount_support import needs_fuse, tree_of, unmount
 
+from tests.support.mount import needs_fuse, tree_of, unmount
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.cli import is_mounted
 from xnatfs.reader.chunkcache import ChunkCache

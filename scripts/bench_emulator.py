@@ -27,7 +27,7 @@ from xnat_emulator import (
     load_folder,
     synthetic_archive,
 )
-from xnatfs.units import parse_size
+from xnatfs.cli.units import parse_size
 
 
 def main() -> int:

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 
 from xnat_emulator import SyntheticSpec, synthetic_archive
-from xnatfs.units import parse_size
+from xnatfs.cli.units import parse_size
 
 USER, PASSWORD = "alice", "secret"
 

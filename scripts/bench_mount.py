@@ -42,8 +42,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from xnat_emulator import Emulator, EmulatorConfig, File, SyntheticSpec, synthetic_archive
+from xnatfs.cli.units import parse_size
 from xnatfs.mount.cli import is_mounted
-from xnatfs.units import parse_size
 
 USER, PASSWORD = "bench", "bench"
 SMALL = {"niftis": 0, "assessors": 0, "session_resources": 0, "subject_resources": 0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from xnatfs.connect import add_connection_options, open_client
+from xnatfs.cli.options import add_connection_options, open_client
 from xnatfs.tree.model import Node, Tree, split_path
 
 

@@ -133,3 +133,14 @@ def test_ls_errors_are_one_line_with_an_exit_code(plain, args, env, code, messag
     assert out.returncode == code
     assert out.stderr.count("\n") == 1 and message in out.stderr
     assert "Traceback" not in out.stderr and "Zx9-bad-pass" not in out.stderr
+
+
+@pytest.mark.parametrize(("where", "level"), [
+    ([], None), (["-v"], "INFO"), (["--verbose"], "INFO"), (["-vv"], "DEBUG")])
+def test_verbose_after_the_command_sets_the_log_level(plain, where, level):
+    out = run_cli("ls", plain[0].url, "/NOPE", *where)
+    assert out.returncode == 4
+    levels = {line.split(":")[1].strip() for line in out.stderr.splitlines()
+              if line.startswith("xnatfs: ") and line.count(":") >= 2
+              and line.split(":")[1].strip() in ("INFO", "DEBUG")}
+    assert (max(levels, key=["INFO", "DEBUG"].index) if levels else None) == level

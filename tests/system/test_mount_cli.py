@@ -14,8 +14,8 @@ import pytest
 
 from tests.support.mount import Mount, needs_fuse, tree_of, unmount, xnatfs
 from xnat_emulator import Emulator
+from xnatfs.cli.units import parse_size
 from xnatfs.mount.cli import is_mounted
-from xnatfs.units import parse_size
 
 pytestmark = [pytest.mark.timeout(90)]
 

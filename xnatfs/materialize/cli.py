@@ -12,9 +12,9 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from xnatfs.connect import add_connection_options, open_client, server_url
+from xnatfs.cli.options import add_connection_options, open_client, server_url
+from xnatfs.cli.units import human_size, positive_float, positive_int
 from xnatfs.errors import UsageError, XnatfsError
-from xnatfs.units import human_size, positive_float, positive_int
 
 if TYPE_CHECKING:
     from xnatfs.materialize.download import Output

@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from xnatfs.units import human_size
+from xnatfs.cli.units import human_size
 
 
 class Outcome(StrEnum):

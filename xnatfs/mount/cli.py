@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from xnatfs.connect import add_connection_options, open_client, server_url
+from xnatfs.cli.options import add_connection_options, open_client, server_url
+from xnatfs.cli.units import parse_size, positive_float
 from xnatfs.errors import UsageError, XnatfsError
-from xnatfs.units import parse_size, positive_float
 from xnatfs.xnat.client import XnatClient
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
 """``xnatfs cache stats|clear``: what the chunk cache holds, and emptying it.
 
 Safe while mounts run: the cache is shared between processes, and a mount simply refetches
-what was cleared.
+what was cleared. A folder is only opened as a cache once its ``cache.db`` shows it is one:
+opening makes the folder private (0700) and creates the database, and a cache that fails to
+open is wiped, none of which may happen to a folder given by mistake.
 """
 
 from __future__ import annotations
@@ -9,7 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from xnatfs.units import human_size
+from xnatfs.cli.units import human_size
+from xnatfs.errors import UsageError
+
+DATABASE = "cache.db"
+"""The file diskcache keeps its index in; every chunk cache has one."""
+SQLITE_MAGIC = b"SQLite format 3\0"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def is_cache(directory: str) -> bool:
+    """Whether ``directory`` holds a chunk cache: a ``cache.db`` that is an SQLite database."""
+    try:
+        with open(os.path.join(directory, DATABASE), "rb") as db:
+            return db.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from xnatfs.reader.chunkcache import ChunkCache, default_cache_dir
 
@@ -28,6 +44,9 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.isdir(directory):
         print(f"no cache at {directory}")
         return 0
+    if not is_cache(directory):
+        raise UsageError(f"{directory} is not an xnatfs chunk cache (no {DATABASE} database); "
+                         f"left untouched")
     cache = ChunkCache(directory, min_free=0)
     try:
         stats = cache.stats()

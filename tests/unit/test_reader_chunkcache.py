@@ -6,6 +6,8 @@ import os
 import random
 import shutil
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,16 +119,40 @@ def test_free_disk_floor_skips_caching(tmp_path: Path) -> None:
     assert roomy.put(FILE, 0, data(0))
 
 
-def test_floor_evicts_own_chunks_first(tmp_path: Path) -> None:
-    cache = make(tmp_path / "c", min_free=0)
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of its own: free space that only this test changes (the machine's disk is
+    shared with other writers, so a floor just above its free space is a race)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs",
+                              str(disk)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True, check=False)
+
+
+def test_floor_evicts_own_chunks_first(small_disk: Path) -> None:
+    cache = make(small_disk / "c", min_free=0)
     for i in range(6):
-        cache.put(FILE, i, data(i))
-    cache.min_free = shutil.disk_usage(tmp_path).free + 2 * CHUNK  # the disk fills up
-    stored = cache.put(FILE, 9, data(9))  # either way: other writers share this disk
-    assert int(cache.stats()["entries"]) < 6  # its own oldest chunks made way
-    assert cache.contains(FILE, 9) is stored  # and put says truly whether it kept the chunk
-    if stored:
-        assert cache.get(FILE, 9) == data(9)
+        assert cache.put(FILE, i, data(i))
+    cache.min_free = 1 << 20
+    # The disk fills up (someone else's file) to half a chunk above the floor.
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(bytes(free - cache.min_free - CHUNK // 2))
+    assert cache.put(FILE, 9, data(9))  # room made by evicting its own oldest chunks
+    assert cache.get(FILE, 9) == data(9)
+    assert int(cache.stats()["entries"]) < 7
+    assert not cache.contains(FILE, 0)  # the least recently used went first
+    assert shutil.disk_usage(small_disk).free >= cache.min_free
+    # A floor it cannot reach even with every chunk gone: put says so.
+    cache.min_free = shutil.disk_usage(small_disk).free + 64 * CHUNK
+    assert not cache.put(FILE, 8, data(8))
+    assert not cache.contains(FILE, 8)
+    cache.close()
 
 
 def test_default_dir_is_per_user() -> None:

@@ -157,8 +157,9 @@ def test_files_of_a_folder_opened_in_order_are_fetched_ahead(
     ahead.opened(folder, entries, files[5])  # a jump: nothing ahead yet
     ahead.opened(folder, entries, files[6])  # in order now: 7..10 come
     fetcher._pool.submit(lambda: None).result()
-    deadline = time.monotonic() + 10
-    while emu.log.count(kind="file") < 4 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10  # a request is logged before its chunk is stored: wait
+    while (sum(fetcher.cached(f, 0) is not None for f in files) < 4
+           and time.monotonic() < deadline):  # for the chunks themselves
         time.sleep(0.01)
     assert [fetcher.cached(f, 0) is not None for f in files] == \
         [False] * 7 + [True] * 4 + [False]

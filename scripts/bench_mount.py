@@ -39,7 +39,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.mount.cli import is_mounted
+from xnatfs.mount.host import is_mounted
 from xnatfs.units import parse_size
 
 USER, PASSWORD = "bench", "bench"

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from xnatfs.emulator import Emulator, File
-from xnatfs.mount.cli import is_mounted
+from xnatfs.mount.host import is_mounted
 from xnatfs.tree.model import Node, Tree
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials

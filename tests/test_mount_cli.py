@@ -15,7 +15,7 @@ import pytest
 from mount_support import Mount, needs_fuse, tree_of, unmount, xnatfs
 
 from xnatfs.emulator import Emulator
-from xnatfs.mount.cli import is_mounted
+from xnatfs.mount.host import is_mounted
 from xnatfs.units import parse_size
 
 mount = mount_support.mount  # fixture

@@ -28,7 +28,7 @@ import pytest
 from mount_support import needs_fuse, tree_of, unmount
 
 from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.mount.cli import is_mounted
+from xnatfs.mount.host import is_mounted
 from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.tree.model import RemoteFile
 

@@ -69,13 +69,17 @@ def test_relative_cache_dir_and_default_log_file(emulator: Emulator, run: Run,
 
 
 def test_log_file_option(emulator: Emulator, run: Run, tmp_path: Path) -> None:
+    """--log-file replaces the default, and re-logins are worth a line there."""
     (tmp_path / "mnt").mkdir()
     done = run("mount", emulator.url, "mnt", "-u", "alice", "--cache-dir", "c",
                "--log-file", "my.log", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"(log: {tmp_path / 'my.log'})" in done.stdout
+    emulator.expire_sessions()
+    assert os.listdir(tmp_path / "mnt" / "PROJ01")
     assert run("umount", str(tmp_path / "mnt")).returncode == 0
-    assert "unmounted" in (tmp_path / "my.log").read_text()
+    text = (tmp_path / "my.log").read_text()
+    assert "logged in again" in text and "unmounted" in text
     assert not (tmp_path / "st").exists()
 
 

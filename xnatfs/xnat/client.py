@@ -194,6 +194,7 @@ class XnatClient:
                 raise self._auth_failure
             self.session.cookies.clear()
             self._login()
+            log.info("the session at %s had ended: logged in again", self.base_url)
 
     def close(self) -> None:
         self.session.close()

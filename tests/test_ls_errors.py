@@ -73,10 +73,13 @@ def test_tls_to_a_plain_http_port(locked: Emulator) -> None:
     line = one_line(done.stderr)
     assert "does not speak TLS" in line and "certificate" not in line
     assert "--insecure" not in line
+    locked.log.clear()
     bare = xnatfs("ls", locked.url.removeprefix("http://"), "-u", "alice")
     assert bare.returncode == 1 and bare.stdout == ""
     line = one_line(bare.stderr)
     assert f"no HTTPS at {https}" in line and f"write {locked.url} to use it" in line
+    # the probe that found plain HTTP carried no credentials, and nothing else was asked
+    assert [(r.method, r.path, r.user) for r in locked.log.records()] == [("GET", "/", None)]
 
 
 def test_insecure_says_it_once_in_our_words(locked: Emulator,

@@ -137,3 +137,35 @@ def test_demo_stop_command_works_without_xnatfs_on_path(run: Run,
                            env={"PATH": "/usr/bin:/bin"}, check=False)
     assert shell.returncode == 0, (stop, shell.stderr)
     assert not is_mounted(str(tmp_path / "demo"))
+
+
+def test_a_background_mount_log_keeps_secrets_and_is_private(tmp_path: Path) -> None:
+    """-vv, a re-login and failed reads: the log names what failed, never a secret, and only
+    its user can read it."""
+    from test_security import PASSWORD, USER, Secrets
+
+    from xnatfs.emulator import EmulatorConfig, SyntheticSpec, synthetic_archive
+
+    archive = synthetic_archive(SyntheticSpec(projects=1, subjects=1, sessions=1, scans=1,
+                                              dicoms=2, dicom_size=512, niftis=0))
+    with Emulator(archive, EmulatorConfig(), users={USER: PASSWORD}) as emu:
+        secrets = Secrets(emu)
+        (tmp_path / "mnt").mkdir()
+        env = {**os.environ, "XNAT_PASS": PASSWORD, "XDG_STATE_HOME": str(tmp_path / "st")}
+        done = subprocess.run([sys.executable, "-m", "xnatfs", "-vv", "mount", emu.url, "mnt",
+                               "-u", USER, "--cache-dir", "c"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        emu.expire_sessions()
+        files = [p for p, kind in tree_of(tmp_path / "mnt").items() if kind == "file"]
+    try:  # the server is gone
+        with pytest.raises(OSError):
+            (tmp_path / "mnt" / files[0]).read_bytes()
+    finally:
+        unmount(str(tmp_path / "mnt"))
+    logs = [p for p in (tmp_path / "st").rglob("*") if p.is_file()]
+    assert len(logs) == 1 and "logged in again" in logs[0].read_text()
+    assert "DEBUG" in logs[0].read_text() and "cannot reach" in logs[0].read_text()
+    assert secrets.assert_absent_below(tmp_path / "st") == 1
+    assert oct(logs[0].stat().st_mode & 0o777) == oct(0o600)
+    assert oct(logs[0].parent.stat().st_mode & 0o777) == oct(0o700)

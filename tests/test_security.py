@@ -198,7 +198,8 @@ def test_allow_other_opens_the_mount_to_other_users(emu: Emulator, public_dir: P
     point = public_dir / "shared"
     point.mkdir()
     started = xnatfs("mount", emu.url, str(point), "-u", USER, "--cache-dir",
-                     str(public_dir / "c"), "-o", "allow_other", XNAT_PASS=PASSWORD)
+                     str(public_dir / "c"), "-o", "allow_other", XNAT_PASS=PASSWORD,
+                     XDG_STATE_HOME=str(public_dir / "state"))
     assert started.returncode == 0, started.stderr
     try:
         listed = _as_nobody("ls", str(point))
@@ -314,7 +315,7 @@ def test_cache_clear_really_removes_cached_bytes(emu: Emulator, tmp_path: Path):
     point, cache = tmp_path / "mnt", tmp_path / "cache"
     point.mkdir()
     started = xnatfs("mount", emu.url, str(point), "-u", USER, "--cache-dir", str(cache),
-                     XNAT_PASS=PASSWORD)
+                     XNAT_PASS=PASSWORD, XDG_STATE_HOME=str(tmp_path / "state"))
     assert started.returncode == 0, started.stderr
     try:
         for rel, kind in tree_of(point).items():

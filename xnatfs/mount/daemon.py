@@ -44,6 +44,7 @@ def _child(main: Callable[[Ready], int], log_file: str, wfd: int) -> int:
     libfuse's own complaints still reach them; then it goes to the log file."""
     os.setsid()
     os.chdir("/")  # not to keep the caller's folder busy; every path is absolute by now
+    os.umask(0o077)  # what it creates (rotated logs, the cache) is the user's alone
     log_to(log_file, replace=True)
     root = logging.getLogger()  # a file has room for the notices a terminal would not want
     root.setLevel(min(root.getEffectiveLevel(), logging.INFO))

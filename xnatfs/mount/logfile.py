@@ -32,12 +32,12 @@ def default_path(mountpoint: str) -> str:
 
 def prepare(path: str) -> str:
     """The log file's absolute path once it is known to be writable: a folder we cannot
-    write must be told now, in one line, not after the mount has detached."""
+    write must be told now, in one line, not after the mount has detached. It is private
+    (0600): it names the user's files."""
     path = os.path.abspath(path)
     try:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(path, "a"):
-            pass
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     except OSError as exc:
         raise UsageError(f"cannot write the log file {path}: {exc.strerror or exc}") from None
     return path

@@ -131,3 +131,17 @@ def test_a_browser_url_reaches_the_base(locked: Emulator) -> None:
     done = xnatfs("ls", locked.url + "/app/template/Index.vm", "-u", "alice")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["A_LOCKED/", "PROJ01/", "PROJ02/"]
+
+
+@pytest.mark.parametrize(("given", "base"), [
+    ("https://h.org/xnat/app/template/Index.vm", "https://h.org/xnat"),
+    ("https://h.org/app/action/DisplayItemAction/search_value/X", "https://h.org"),
+    ("h.org/xnat/data/projects/P1?format=json", "https://h.org/xnat"),
+    ("https://h.org/REST/projects", "https://h.org"),
+    ("https://h.org/data", "https://h.org/data"),  # a context path may be called data
+    ("http://h.org:8080/xnat/#/tab", "http://h.org:8080/xnat"),
+])
+def test_base_url_from_a_browser_or_rest_url(given: str, base: str) -> None:
+    from xnatfs.xnat.client import normalise_base_url
+
+    assert normalise_base_url(given) == base

@@ -72,7 +72,7 @@ def normalise_base_url(url: str) -> str:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise UsageError(f"bad port in URL: {url!r}") from None
-    path = _WEB_PART.split(parts.path + "/", maxsplit=1)[0]
+    path = _WEB_PART.split(parts.path, maxsplit=1)[0]
     return f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}"
 
 

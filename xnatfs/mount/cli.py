@@ -18,7 +18,7 @@ import subprocess
 
 from xnatfs.connect import add_connection_options, open_client, server_url
 from xnatfs.errors import NotFound, UsageError, XnatfsError
-from xnatfs.mount import host, logfile
+from xnatfs.mount import host
 from xnatfs.units import parse_size, positive_float
 from xnatfs.xnat.client import XnatClient
 
@@ -141,6 +141,8 @@ def _prepare(args: argparse.Namespace) -> str:
 def _prepare_log(args: argparse.Namespace, mountpoint: str) -> None:
     """The log file a background mount (or --log-file) will write, checked writable now, once
     everything else has passed, so that a refused mount leaves no empty log behind."""
+    from xnatfs.mount import logfile
+
     args.log_file_given = args.log_file is not None
     if args.log_file_given or not args.foreground:
         args.log_file = logfile.prepare(args.log_file or logfile.default_path(mountpoint))

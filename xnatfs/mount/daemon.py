@@ -42,13 +42,6 @@ def daemonize(main: Callable[[Ready], int], log_file: str) -> int:
 def _child(main: Callable[[Ready], int], log_file: str, wfd: int) -> int:
     """The mount's own process: its stderr stays the user's while the mount starts, so that
     libfuse's own complaints still reach them; then it goes to the log file."""
-    os.setsid()
-    os.chdir("/")  # not to keep the caller's folder busy; every path is absolute by now
-    os.umask(0o077)  # what it creates (rotated logs, the cache) is the user's alone
-    log_to(log_file, replace=True)
-    root = logging.getLogger()  # a file has room for the notices a terminal would not want
-    root.setLevel(min(root.getEffectiveLevel(), logging.INFO))
-
     reported = False
 
     def report(text: str) -> None:
@@ -57,8 +50,11 @@ def _child(main: Callable[[Ready], int], log_file: str, wfd: int) -> int:
             logging.getLogger(__name__).error("%s", text.partition("\t")[2])
             return
         reported = True
-        os.write(wfd, text.encode())
-        os.close(wfd)
+        try:
+            os.write(wfd, text.encode())
+            os.close(wfd)
+        except OSError:  # the command was interrupted while it waited: nobody to tell
+            pass
 
     def ready(text: str) -> None:
         null = os.open(os.devnull, os.O_RDWR)
@@ -70,6 +66,12 @@ def _child(main: Callable[[Ready], int], log_file: str, wfd: int) -> int:
         report("ok\t" + text)
 
     try:
+        os.setsid()
+        os.chdir("/")  # not to keep the caller's folder busy; every path is absolute by now
+        os.umask(0o077)  # what it creates (rotated logs, the cache) is the user's alone
+        log_to(log_file, replace=True)
+        root = logging.getLogger()  # a file has room for notices a terminal would not want
+        root.setLevel(min(root.getEffectiveLevel(), logging.INFO))
         return main(ready)
     except XnatfsError as exc:
         report(f"{exc.exit_code}\t{exc}")

@@ -16,7 +16,7 @@ import mount_support
 import pytest
 from mount_support import PASSWORD, Mount, needs_fuse, tree_of, unmount
 
-from xnatfs.emulator import Emulator
+from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.host import is_mounted
 
 mount = mount_support.mount  # fixture
@@ -143,8 +143,6 @@ def test_a_background_mount_log_keeps_secrets_and_is_private(tmp_path: Path) -> 
     """-vv, a re-login and failed reads: the log names what failed, never a secret, and only
     its user can read it."""
     from test_security import PASSWORD, USER, Secrets
-
-    from xnatfs.emulator import EmulatorConfig, SyntheticSpec, synthetic_archive
 
     archive = synthetic_archive(SyntheticSpec(projects=1, subjects=1, sessions=1, scans=1,
                                               dicoms=2, dicom_size=512, niftis=0))

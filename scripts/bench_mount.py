@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 from xnat_emulator import Emulator, EmulatorConfig, File, SyntheticSpec, synthetic_archive
 from xnatfs.cli.units import parse_size
-from xnatfs.mount.cli import is_mounted
+from xnatfs.mount.host import is_mounted
 
 USER, PASSWORD = "bench", "bench"
 SMALL = {"niftis": 0, "assessors": 0, "session_resources": 0, "subject_resources": 0,

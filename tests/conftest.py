@@ -1,4 +1,5 @@
-"""Registers the shared fixtures (``tests.support.fixtures``) for every test."""
+"""Registers the shared fixtures (``tests.support.fixtures``, ``tests.support.security``) for
+every test."""
 
 from tests.support.fixtures import (  # noqa: F401
     emulator,
@@ -11,3 +12,4 @@ from tests.support.fixtures import (  # noqa: F401
     oracle,
     small_archive,
 )
+from tests.support.security import certificate  # noqa: F401

@@ -35,6 +35,13 @@ class ConnectError(XnatfsError):
     transient = True
 
 
+class TLSError(ConnectError):
+    """The server's TLS is not what we can trust or speak: a certificate that fails its check,
+    or a port that answers plain HTTP. Asking again brings the same answer."""
+
+    transient = False
+
+
 class AuthError(XnatfsError):
     """The server refused our credentials (after exactly one re-login)."""
 

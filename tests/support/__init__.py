@@ -6,6 +6,8 @@
   ``needs_fuse``, ``xnatfs(...)`` (the command line to completion), ``tree_of(folder)``.
 * ``tests.support.oracle``: ``Oracle`` (what a client must show of an emulator's archive),
   ``archive_file`` and ``layout_path``.
+* ``tests.support.security``: ``USER``/``PASSWORD`` (a user whose secrets tests hunt for),
+  ``Secrets``, the ``certificate`` fixture and ``tls_proxy`` (HTTPS in front of an emulator).
 
 Importable as ``tests.support`` from the repository root: pytest puts the root on ``sys.path``
 (``pythonpath`` in pyproject), and scripts that use it run as ``python -m scripts.NAME``.

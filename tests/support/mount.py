@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.oracle import PASSWORD
-from xnatfs.mount.cli import is_mounted
+from xnatfs.mount.host import is_mounted
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
 needs_fuse = pytest.mark.skipif(

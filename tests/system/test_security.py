@@ -8,31 +8,26 @@ emulator on loopback, and a TLS proxy with a certificate made by ``openssl`` at 
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import os
 import shutil
-import socket
-import ssl
 import stat
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import certifi
 import pytest
 
 from tests.support.mount import needs_fuse, tree_of, unmount
+from tests.support.security import PASSWORD, USER, Secrets, tls_proxy
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.mount.cli import is_mounted
+from xnatfs.mount.host import is_mounted
 from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.tree.model import RemoteFile
 
-USER, PASSWORD = "carol", "pw-Zq7+s3cr3t/x9"
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=2, dicom_size=3000,
                      niftis=1, nifti_size=300_000, assessors=0, seed=11)
 pytestmark = pytest.mark.timeout(120)
@@ -43,38 +38,6 @@ def xnatfs(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedP
     clean = {k: v for k, v in os.environ.items() if not k.startswith("XNAT_")}
     return subprocess.run([sys.executable, "-m", "xnatfs", *args], capture_output=True,
                           text=True, env={**clean, **env}, timeout=timeout, check=False)
-
-
-class Secrets:
-    """Every secret of a run: the password, its Basic header, each JSESSIONID the server gave."""
-
-    def __init__(self, emu: Emulator, *extra: str) -> None:
-        self.values = {PASSWORD, base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
-                       *extra}
-        issue = emu.auth.open_session
-
-        def spy(user: str, login: str):  # record the IDs as the server hands them out
-            session = issue(user, login)
-            if session is not None:
-                self.values.add(session.id)
-            return session
-
-        emu.auth.open_session = spy  # type: ignore[method-assign]
-
-    def assert_absent(self, text: str | bytes, where: str) -> None:
-        data = text.encode() if isinstance(text, str) else text
-        for secret in self.values:
-            assert secret.encode() not in data, f"a secret leaked into {where}"
-            assert secret.lower().encode() not in data.lower(), f"a secret leaked into {where}"
-
-    def assert_absent_below(self, root: Path) -> int:
-        """Grep every file below ``root``; how many were read."""
-        count = 0
-        for path in root.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                self.assert_absent(path.read_bytes(), str(path))
-                count += 1
-        return count
 
 
 @pytest.fixture
@@ -198,7 +161,8 @@ def test_allow_other_opens_the_mount_to_other_users(emu: Emulator, public_dir: P
     point = public_dir / "shared"
     point.mkdir()
     started = xnatfs("mount", emu.url, str(point), "-u", USER, "--cache-dir",
-                     str(public_dir / "c"), "-o", "allow_other", XNAT_PASS=PASSWORD)
+                     str(public_dir / "c"), "-o", "allow_other", XNAT_PASS=PASSWORD,
+                     XDG_STATE_HOME=str(public_dir / "state"))
     assert started.returncode == 0, started.stderr
     try:
         listed = _as_nobody("ls", str(point))
@@ -223,64 +187,6 @@ def test_cache_folders_are_0700_and_files_0600(tmp_path: Path):
 
 
 # -- TLS ------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    if not shutil.which("openssl"):
-        pytest.skip("needs openssl")
-    where = tmp_path_factory.mktemp("tls")
-    cert, key = str(where / "cert.pem"), str(where / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
-
-
-def tls_proxy(target: tuple[str, int], cert: str, key: str) -> tuple[int, Callable[[], None]]:
-    """HTTPS on a free loopback port in front of ``target`` (plain HTTP); returns the port and
-    a stop function."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    listener = socket.create_server(("127.0.0.1", 0))
-    stopping = threading.Event()
-
-    def pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-
-    def serve(raw: socket.socket) -> None:
-        try:
-            tls = context.wrap_socket(raw, server_side=True)
-        except OSError:  # the client refused our certificate
-            raw.close()
-            return
-        upstream = socket.create_connection(target)
-        threading.Thread(target=pipe, args=(upstream, tls), daemon=True).start()
-        pipe(tls, upstream)
-
-    def accept() -> None:
-        while not stopping.is_set():
-            try:
-                raw, _ = listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(raw,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
-
-    def stop() -> None:
-        stopping.set()
-        listener.close()
-
-    return listener.getsockname()[1], stop
 
 
 def test_tls_is_verified_unless_insecure_and_then_it_warns(emu: Emulator, certificate,
@@ -314,7 +220,7 @@ def test_cache_clear_really_removes_cached_bytes(emu: Emulator, tmp_path: Path):
     point, cache = tmp_path / "mnt", tmp_path / "cache"
     point.mkdir()
     started = xnatfs("mount", emu.url, str(point), "-u", USER, "--cache-dir", str(cache),
-                     XNAT_PASS=PASSWORD)
+                     XNAT_PASS=PASSWORD, XDG_STATE_HOME=str(tmp_path / "state"))
     assert started.returncode == 0, started.stderr
     try:
         for rel, kind in tree_of(point).items():

@@ -6,6 +6,10 @@ import argparse
 import logging
 import sys
 
+import requests
+import urllib3
+
+from xnatfs.errors import ConnectError, TLSError
 from xnatfs.xnat.client import XnatClient, normalise_base_url
 from xnatfs.xnat.credentials import resolve_credentials
 
@@ -44,7 +48,36 @@ def open_client(args: argparse.Namespace, url: str | None = None, **options: obj
     creds = resolve_credentials(url, args.user, args.jsession)
     if args.insecure:
         print(f"xnatfs: warning: TLS certificate of {url} is not verified", file=sys.stderr)
+        # said once above, in our words; urllib3 would repeat it raw on every request
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     client = XnatClient(url, creds, insecure=args.insecure, **options)  # type: ignore[arg-type]
-    client.login()
+    try:
+        client.login()
+    except ConnectError as exc:
+        client.close()
+        given = getattr(args, "web", None) or getattr(args, "url", None) or ""
+        if "://" not in given and url.startswith("https://"):
+            plain = "http://" + url[len("https://"):]
+            if _answers_plain_http(plain):
+                text = str(exc)
+                why = ("the port does not speak TLS" if "does not speak TLS" in text
+                       else text.rsplit(": ", 1)[-1])
+                raise TLSError(f"no HTTPS at {url} ({why}), but plain HTTP answers: write "
+                               f"{plain} to use it, if passwords may cross the network "
+                               "unencrypted") from None
+        raise
     log.info("logged in to %s (%s)", url, creds.source)
     return client
+
+
+def _answers_plain_http(url: str) -> bool:
+    """Whether a server answers plain HTTP at ``url``, other than by sending us to HTTPS. No
+    credentials go with it: the session ignores ~/.netrc."""
+    with requests.Session() as session:
+        session.trust_env = False
+        try:
+            resp = session.get(url + "/", timeout=5, allow_redirects=False, stream=True)
+        except requests.RequestException:
+            return False
+        resp.close()
+    return not resp.is_redirect or not resp.headers.get("Location", "").startswith("https:")

@@ -52,6 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help="fraction of requests answered 5xx")
     parser.add_argument("--session-timeout", default="900", metavar="SECONDS",
                         help="idle seconds before a session expires (default 900)")
+    parser.add_argument("--token-lifetime", default="172800", metavar="SECONDS",
+                        help="seconds an alias token lives (default 172800, XNAT's 2 days)")
     parser.set_defaults(run=run)
     return parser
 
@@ -99,6 +101,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         conn_bandwidth=parse_size(args.conn_bandwidth) if args.conn_bandwidth else None,
         range_enabled=not args.no_range, error_rate=error_rate,
         session_timeout=_number(args.session_timeout, "--session-timeout", float),
+        token_lifetime=_number(args.token_lifetime, "--token-lifetime", float),
         context_path=args.context_path, require_login=not args.guest)
 
 

@@ -14,6 +14,7 @@ import sys
 from typing import NoReturn
 
 from xnatfs import __version__
+from xnatfs.account.default import take_default_server
 from xnatfs.errors import XnatfsError
 
 COMMANDS = (
@@ -22,6 +23,7 @@ COMMANDS = (
     "xnatfs.ls",
     "xnatfs.reader.cache_cli",
     "xnatfs.emulator.cli",
+    "xnatfs.account.cli",
 )
 
 
@@ -60,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose < 2:  # its retry notices are ours to report, once, in our words
         logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
+        take_default_server(args)
         return args.run(args)
     except XnatfsError as exc:
         print(f"xnatfs: {exc}", file=sys.stderr)

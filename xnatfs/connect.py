@@ -6,7 +6,9 @@ import argparse
 import logging
 import sys
 
-from xnatfs.xnat.client import XnatClient, normalise_base_url
+from xnatfs.account.default import default_server_url
+from xnatfs.account.tokens import log_in
+from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import resolve_credentials
 
 log = logging.getLogger(__name__)
@@ -30,12 +32,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, url: bool = True)
 
 
 def server_url(args: argparse.Namespace) -> str:
-    from xnatfs.errors import UsageError
-
-    url = getattr(args, "web", None) or getattr(args, "url", None)
-    if not url:
-        raise UsageError("no server URL given (xnatfs COMMAND URL ..., or -w URL)")
-    return normalise_base_url(url)
+    return default_server_url(getattr(args, "web", None) or getattr(args, "url", None))
 
 
 def open_client(args: argparse.Namespace, url: str | None = None, **options: object) -> XnatClient:
@@ -45,6 +42,6 @@ def open_client(args: argparse.Namespace, url: str | None = None, **options: obj
     if args.insecure:
         print(f"xnatfs: warning: TLS certificate of {url} is not verified", file=sys.stderr)
     client = XnatClient(url, creds, insecure=args.insecure, **options)  # type: ignore[arg-type]
-    client.login()
+    log_in(client)
     log.info("logged in to %s (%s)", url, creds.source)
     return client

@@ -140,6 +140,18 @@ def test_login_ls_whoami_token_env_logout(emulator: Emulator, xnatfs: Run, home:
     assert _no_secret_below(home, PASSWORD) >= 2  # the password: in no file at all
 
 
+def test_sso_login_with_a_browser_session(emulator: Emulator, xnatfs: Run, home: Path) -> None:
+    """SSO sites: the browser's JSESSIONID buys the token, and stays the browser's."""
+    jsession = requests.post(f"{emulator.url}/data/JSESSION", auth=("alice", PASSWORD),
+                             timeout=10).text
+    done = xnatfs("login", emulator.url, "--insecure-http", XNAT_JSESSION=jsession)
+    assert done.returncode == 0 and " as alice; " in done.stdout, done.stderr
+    assert emulator.log.count(method="DELETE") == 0
+    assert emulator.auth.session(jsession) is not None
+    assert jsession not in done.stdout + done.stderr
+    assert jsession.encode() not in (home / ".config" / "xnatfs" / "logins.json").read_bytes()
+
+
 def test_an_expired_token_is_one_line_and_at_most_one_refused_request(
         emulator: Emulator, xnatfs: Run, home: Path) -> None:
     login = _login(xnatfs, emulator)

@@ -8,6 +8,7 @@ It refuses plain http, where the password would cross the network in clear, unle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from urllib.parse import urlsplit
 
@@ -15,7 +16,7 @@ from xnatfs.account import store, tokens
 from xnatfs.account.default import default_server_url
 from xnatfs.account.store import Login, when
 from xnatfs.connect import add_connection_options
-from xnatfs.errors import AuthError, UsageError, XnatfsError
+from xnatfs.errors import AuthError, NotFound, ServerError, UsageError, XnatfsError
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import resolve_credentials
 
@@ -69,13 +70,12 @@ def run_login(args: argparse.Namespace) -> int:
         creds = resolve_credentials(url, _ask_user(url), None, stored=False)
     if args.insecure:
         print(f"xnatfs: warning: TLS certificate of {url} is not verified", file=sys.stderr)
-    previous = _previous(url)
     with XnatClient(url, creds, insecure=args.insecure) as client:
         client.login()
-        login = tokens.issue(client, previous)
+        login = store.save(tokens.issue(client, _previous(url, creds.user)))
         if creds.user is not None:  # end the password's session; a browser's is not ours
-            client.request("DELETE", "/data/JSESSION").close()
-    login = store.save(login)
+            with contextlib.suppress(XnatfsError):
+                client.request("DELETE", "/data/JSESSION").close()
     print(f"logged in to {url} as {login.user}; token valid until {when(login.expires)}")
     return 0
 
@@ -91,13 +91,16 @@ def _ask_user(url: str) -> str:
     return user
 
 
-def _previous(url: str) -> tuple[tuple[str, float], ...]:
-    """The tokens a new login replaces, remembered so that logout revokes them too."""
+def _previous(url: str, user: str | None) -> tuple[tuple[str, float], ...]:
+    """The same user's tokens a new login replaces, remembered so that logout revokes them
+    too (another user's are theirs to revoke)."""
     try:
         old = store.load(url)
     except XnatfsError:  # damaged or keyring gone: the new login replaces it anyway
         return ()
-    return () if old is None else ((old.alias, old.expires), *old.live_superseded())
+    if old is None or (user is not None and old.user != user):
+        return ()
+    return ((old.alias, old.expires), *old.live_superseded())
 
 
 # -- logout, whoami, token env ---------------------------------------------------------------
@@ -122,7 +125,8 @@ def run_logout(args: argparse.Namespace) -> int:
             with XnatClient(url, tokens.credentials(login), insecure=args.insecure) as client:
                 client.login()
                 for alias, _ in login.live_superseded():
-                    tokens.invalidate(client, alias)
+                    with contextlib.suppress(NotFound, ServerError):  # gone already, or not ours
+                        tokens.invalidate(client, alias)
                 tokens.invalidate(client, login.alias)  # last: the session stands on it
         except XnatfsError as exc:
             failure = exc

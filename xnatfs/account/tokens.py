@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 
 from xnatfs.account import store
 from xnatfs.account.store import Login, when
@@ -88,17 +89,21 @@ def keep_fresh(client: XnatClient) -> None:
         return
     if login.renewal_due():
         login = renew(client, login)
-    _Keeper(client, login).start()
+    keeper = _Keeper(client, login)
+    with _KEEPERS_LOCK:
+        _KEEPERS.add(keeper)
+    keeper.start()
 
 
 class _Keeper:
-    """A daemon thread that renews the token when due; restarted in a forked child (the
-    mount forks after logging in, and threads do not survive a fork)."""
+    """A daemon thread that renews a client's token when due, for as long as the client is
+    alive; restarted in a forked child (the mount forks after logging in, and threads do not
+    survive a fork)."""
 
     def __init__(self, client: XnatClient, login: Login) -> None:
-        self.client = client
+        self.client = weakref.ref(client)
+        self.url = client.base_url
         self.login = login
-        os.register_at_fork(after_in_child=self.start)
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="xnatfs-token", daemon=True).start()
@@ -107,26 +112,52 @@ class _Keeper:
         wake = self.login.renew_at()
         while True:
             time.sleep(max(wake - time.time(), 0.0))
+            client = self.client()
+            if client is None:
+                break
             try:
-                self._renew()
+                if not self._renew(client):
+                    break
                 wake = self.login.renew_at()
             except AuthError as exc:
-                log.warning("cannot renew the token for %s: %s", self.client.base_url, exc)
-                return  # the client itself reports the refusal on its next login
+                log.warning("cannot renew the token for %s: %s", self.url, exc)
+                break  # the client itself reports the refusal on its next login
             except XnatfsError as exc:
                 if self.login.expired():
                     log.warning("the token for %s expired on %s and could not be renewed: %s",
-                                self.client.base_url, when(self.login.expires), exc)
-                    return
+                                self.url, when(self.login.expires), exc)
+                    break
                 wake = time.time() + min(RETRY, max(self.login.expires - time.time(), 0) / 4)
+            finally:
+                del client
+        with _KEEPERS_LOCK:
+            _KEEPERS.discard(self)
 
-    def _renew(self) -> None:
-        stored = store.load(self.client.base_url)
-        if stored is not None and stored.alias != self.login.alias and not stored.renewal_due():
-            self.login = stored  # another process renewed it already
-            self.client.credentials = credentials(stored)
-            return
-        self.login = renew(self.client, self.login)
+    def _renew(self, client: XnatClient) -> bool:
+        """Renew (or adopt what another process renewed); False once logged out."""
+        stored = store.load(self.url)
+        if stored is None or stored.user != self.login.user:
+            log.info("%s was logged out; the token is no longer renewed", self.url)
+            return False
+        if stored.alias == self.login.alias or stored.renewal_due():
+            stored = renew(client, stored)
+        self.login = stored
+        client.credentials = credentials(stored)
+        return True
+
+
+_KEEPERS: set[_Keeper] = set()
+_KEEPERS_LOCK = threading.Lock()
+
+
+def _restart_keepers() -> None:
+    global _KEEPERS_LOCK
+    _KEEPERS_LOCK = threading.Lock()  # it may have been held by a thread the fork dropped
+    for keeper in list(_KEEPERS):
+        keeper.start()
+
+
+os.register_at_fork(after_in_child=_restart_keepers)
 
 
 def describe(login: Login) -> str:

@@ -110,6 +110,8 @@ def test_login_ls_whoami_token_env_logout(emulator: Emulator, xnatfs: Run, home:
     folder = home / ".config" / "xnatfs"
     assert (folder.stat().st_mode & 0o777, (folder / "logins.json").stat().st_mode & 0o777) \
         == (0o700, 0o600)
+    (folder / "logins.json").chmod(0o644)  # loosened by hand: made private again when read
+    assert store.load(url) == login and (folder / "logins.json").stat().st_mode & 0o777 == 0o600
 
     emulator.log.clear()
     listed = xnatfs("-vv", "ls")  # no URL, no credentials: the stored login and server
@@ -135,8 +137,10 @@ def test_login_ls_whoami_token_env_logout(emulator: Emulator, xnatfs: Run, home:
     after = xnatfs("ls", url)
     assert after.returncode == 3  # back to guest, which this server refuses
 
-    for done in (listed, project, whoami, logout, after, plain, nobody):
-        assert login.secret not in done.stdout + done.stderr and "Traceback" not in done.stderr
+    for run in (listed, project, whoami, logout, after, plain, nobody, done, env, batch):
+        assert PASSWORD not in run.stdout + run.stderr and "Traceback" not in run.stderr
+        if run is not env:
+            assert login.secret not in run.stdout + run.stderr
     assert _no_secret_below(home, PASSWORD) >= 2  # the password: in no file at all
 
 
@@ -211,8 +215,13 @@ def test_a_long_run_renews_its_token_while_it_runs(make_emulator: Any, home: Pat
         emulator.auth.invalidate_token(old.alias)
         emulator.expire_sessions()
         assert client.listing("/data/projects")  # logs in again with the renewed token
-    fresh = store.load(emulator.url)
-    assert fresh is not None and fresh.alias == client.credentials.user
+        fresh = store.load(emulator.url)
+        assert fresh is not None and fresh.alias == client.credentials.user
+        store.delete(emulator.url)  # a logout elsewhere: the next renewal must not undo it
+        while tokens._KEEPERS:
+            assert time.monotonic() < deadline, "the keeper did not notice the logout"
+            time.sleep(0.05)
+        assert store.load(emulator.url) is None
 
 
 def test_credential_order(emulator: Emulator, home: Path, tmp_path: Path) -> None:

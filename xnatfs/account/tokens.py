@@ -88,7 +88,13 @@ def keep_fresh(client: XnatClient) -> None:
     if login is None or login.alias != client.credentials.user:
         return
     if login.renewal_due():
-        login = renew(client, login)
+        try:
+            login = renew(client, login)
+        except AuthError:
+            raise
+        except XnatfsError as exc:  # the token still works: renewal can wait for next time
+            log.warning("could not renew the token for %s (valid until %s): %s",
+                        client.base_url, when(login.expires), exc)
     keeper = _Keeper(client, login)
     with _KEEPERS_LOCK:
         _KEEPERS.add(keeper)

@@ -4,7 +4,9 @@ Every successful Basic login opens a new session (as Spring's session-fixation s
 does) unless the request carries a live session of the same user; sessions expire after
 ``session_timeout`` idle seconds; a user may hold at most ``max_sessions`` live sessions;
 ``max_failed_logins`` failures lock the account for ``lockout_seconds``, even against the
-right password. Alias tokens work as Basic credentials (alias as user, secret as password).
+right password. Alias tokens work as Basic credentials (alias as user, secret as password)
+until ``token_lifetime`` seconds after their issue, or until invalidated; an expired one is
+refused like a wrong password (XNAT deletes them hourly, §7.6).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass
 from xnat_emulator.knobs import EmulatorConfig
 
 GUEST = "guest"
-TOKEN_LIFETIME = 2 * 24 * 3600.0
 _ALPHANUMERIC = string.ascii_letters + string.digits
 
 
@@ -40,10 +41,8 @@ class Token:
     user: str
     created: float
     """Seconds since the epoch."""
-
-    @property
-    def expires(self) -> float:
-        return self.created + TOKEN_LIFETIME
+    expires: float
+    """Seconds since the epoch; fixed at issue, as XNAT's ``estimatedExpirationTime``."""
 
     def as_json(self) -> dict[str, object]:
         """Jackson's rendering of XNAT's ``AliasToken``."""
@@ -72,7 +71,8 @@ class Auth:
         with self._lock:
             token = self._tokens.get(name)
             if token is not None:
-                ok = secrets.compare_digest(token.secret, password) and now < token.expires
+                ok = now < token.expires and secrets.compare_digest(token.secret.encode(),
+                                                                    password.encode())
                 return token.user if ok else None
             if name not in self.users:
                 return None
@@ -122,8 +122,9 @@ class Auth:
             self._sessions.clear()
 
     def issue_token(self, user: str) -> Token:
+        now = time.time()
         token = Token(str(uuid.uuid4()), "".join(secrets.choice(_ALPHANUMERIC) for _ in range(64)),
-                      user, time.time())
+                      user, now, now + self.config.token_lifetime)
         with self._lock:
             self._tokens[token.alias] = token
         return token
@@ -131,8 +132,22 @@ class Auth:
     def validate_token(self, alias: str, secret: str) -> str | None:
         with self._lock:
             token = self._tokens.get(alias)
-        ok = token is not None and token.secret == secret and time.time() < token.expires
+        ok = (token is not None and secrets.compare_digest(token.secret.encode(), secret.encode())
+              and time.time() < token.expires)
         return token.user if ok and token else None
+
+    def expire_tokens(self) -> None:
+        """Every token's expiry is now: the server's view after its lifetime has passed."""
+        now = time.time()
+        with self._lock:
+            for token in self._tokens.values():
+                token.expires = min(token.expires, now)
+
+    def token_aliases(self) -> set[str]:
+        """The aliases the server would still accept (issued, not invalidated, not expired)."""
+        now = time.time()
+        with self._lock:
+            return {a for a, t in self._tokens.items() if now < t.expires}
 
     def invalidate_token(self, alias: str) -> None:
         with self._lock:

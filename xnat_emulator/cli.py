@@ -65,6 +65,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                         help="idle seconds before a session expires (default 900)")
     parser.add_argument("--log-limit", default="100000", metavar="N",
                         help="requests the in-memory request log keeps (default 100000)")
+    parser.add_argument("--token-lifetime", default="172800", metavar="SECONDS",
+                        help="seconds an alias token lives (default 172800, XNAT's 2 days)")
     return parser
 
 
@@ -122,6 +124,7 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
         conn_bandwidth=parse_size(args.conn_bandwidth) if args.conn_bandwidth else None,
         range_enabled=not args.no_range, error_rate=error_rate,
         session_timeout=_number(args.session_timeout, "--session-timeout", float),
+        token_lifetime=_number(args.token_lifetime, "--token-lifetime", float),
         context_path=args.context_path, require_login=not args.guest,
         log_limit=max(1, int(_number(args.log_limit, "--log-limit", int))))
 

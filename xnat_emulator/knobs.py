@@ -48,6 +48,8 @@ class EmulatorConfig:
     lockout_seconds: float = 3600.0
     max_sessions: int = 1000
     """Live sessions per user; past it, logins fail with 401 (XNAT's concurrentMaxSessions)."""
+    token_lifetime: float = 2 * 24 * 3600.0
+    """Seconds an alias token lives from its issue (XNAT's ``aliasTokenTimeout``, 2 days)."""
     listing_delay: float = 0.0
     """Extra seconds before every JSON listing (a slow database)."""
     proxy_timeout: float | None = None

@@ -34,6 +34,8 @@ class Record:
     bytes_sent: int = 0
     """Body bytes handed to the socket (chunk framing and headers excluded)."""
     user: str | None = None
+    login: str | None = None
+    """The name the request's session logged in with: the user, or an alias token."""
     kind: str = "other"
     """What was served: listing, item (a single object), file, zip, auth (login, session,
     token and the 401/302 turn-aways), page (HTML pages), error (404s and the like), other."""

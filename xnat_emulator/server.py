@@ -104,6 +104,10 @@ class Emulator:
         token = self.auth.issue_token(user)
         return token.alias, token.secret
 
+    def expire_tokens(self) -> None:
+        """Let every alias token run out now, as the server's clock would at its expiry."""
+        self.auth.expire_tokens()
+
     def expire_sessions(self) -> None:
         """Expire every JSESSIONID now, without waiting for ``session_timeout``."""
         self.auth.expire_sessions()
@@ -207,6 +211,7 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("emulator failed on %s %s", self.command, self.path)
             response = _error_response(HttpError(500, "Internal Server Error"))
         record.user = visitor.user
+        record.login = visitor.session.login if visitor.session else None
         draws = emulator._draw()
         self._delay_and_fail(response, record, draws)
         plan = self._plan(response, record, draws)

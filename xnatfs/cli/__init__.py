@@ -19,6 +19,7 @@ import sys
 from typing import NoReturn
 
 from xnatfs import __version__
+from xnatfs.account.default import take_default_server
 from xnatfs.errors import XnatfsError
 
 COMMANDS = (
@@ -26,6 +27,7 @@ COMMANDS = (
     "xnatfs.materialize.cli",
     "xnatfs.ls",
     "xnatfs.cli.cache",
+    "xnatfs.account.cli",
 )
 EMULATOR = "emulator"
 """Handed whole to ``xnat_emulator``'s own parser, which is imported only when it runs."""
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if verbose < 2:  # its retry notices are ours to report, once, in our words
         logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
+        take_default_server(args)
         return args.run(args)
     except XnatfsError as exc:
         print(f"xnatfs: {exc}", file=sys.stderr)

@@ -9,8 +9,10 @@ import sys
 import requests
 import urllib3
 
+from xnatfs.account.default import default_server_url
+from xnatfs.account.tokens import log_in
 from xnatfs.errors import ConnectError, TLSError
-from xnatfs.xnat.client import XnatClient, normalise_base_url
+from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import resolve_credentials
 
 log = logging.getLogger(__name__)
@@ -34,12 +36,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, url: bool = True)
 
 
 def server_url(args: argparse.Namespace) -> str:
-    from xnatfs.errors import UsageError
-
-    url = getattr(args, "web", None) or getattr(args, "url", None)
-    if not url:
-        raise UsageError("no server URL given (xnatfs COMMAND URL ..., or -w URL)")
-    return normalise_base_url(url)
+    return default_server_url(getattr(args, "web", None) or getattr(args, "url", None))
 
 
 def open_client(args: argparse.Namespace, url: str | None = None, **options: object) -> XnatClient:
@@ -52,11 +49,12 @@ def open_client(args: argparse.Namespace, url: str | None = None, **options: obj
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
     client = XnatClient(url, creds, insecure=args.insecure, **options)  # type: ignore[arg-type]
     try:
-        client.login()
+        log_in(client)
     except ConnectError as exc:
         client.close()
+        # a URL given without a scheme; the default server was stored with its scheme
         given = getattr(args, "web", None) or getattr(args, "url", None) or ""
-        if "://" not in given and url.startswith("https://"):
+        if given and "://" not in given and url.startswith("https://"):
             plain = "http://" + url[len("https://"):]
             if _answers_plain_http(plain):
                 text = str(exc)

@@ -14,13 +14,11 @@ import re
 from dataclasses import dataclass
 
 from xnatfs.emulator.archive import EPOCH, Archive, Experiment, Owner, Resource
-from xnatfs.emulator.content import SyntheticContent
+from xnatfs.emulator.filetypes import synthetic_content
 from xnatfs.emulator.hostile import add_hostile
 from xnatfs.errors import UsageError
 from xnatfs.units import parse_size
 
-DICOM_HEADER = bytes(128) + b"DICM"
-GZIP_HEADER = b"\x1f\x8b\x08\x00"
 SCAN_TYPES = ("T1w", "T2w", "BOLD rest", "DWI", "FLAIR", "SWI")
 
 
@@ -90,11 +88,9 @@ class _Builder:
     def file(self, resource: Resource, relpath: str, size: int, **fields: str | bool) -> None:
         key = f"{self.spec.seed}/{resource.id}/{relpath}".encode("utf-8", "surrogatepass")
         seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-        lower = relpath.lower()
-        header = (DICOM_HEADER if lower.endswith(".dcm") else
-                  GZIP_HEADER if lower.endswith(".gz") else b"")
-        resource.add_file(relpath, SyntheticContent(seed, size, EPOCH + resource.id, header),
-                          **fields)
+        content = synthetic_content(resource, relpath, seed, size, EPOCH + resource.id,
+                                    self.spec.seed)
+        resource.add_file(relpath, content, **fields)
 
     def small_files(self, owner: Owner, label: str, names: list[str], **kw: str) -> Resource:
         resource = self.archive.add_resource(owner, label, **kw)

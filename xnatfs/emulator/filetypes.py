@@ -1,0 +1,68 @@
+"""Which generator makes a synthetic file's bytes, chosen by its name as a client would.
+
+``.dcm`` files are DICOM images, ``.nii`` NIfTI volumes, ``.nii.gz`` gzipped NIfTI, other
+``.gz`` gzip of random data, ``.txt``/``.json`` text and JSON; anything else stays random
+bytes. Every generator is deterministic in (seed, size, place in the archive) and makes the
+bytes of a range on demand.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from .archive import Resource, Scan
+from .content import Content, SyntheticContent
+from .documents import json_content, text_content
+from .imaging import NIFTI_HEADER_SIZE, SeriesInfo, dicom_header, nifti_header
+from .storedgzip import StoredGzipContent
+
+
+def synthetic_content(resource: Resource, relpath: str, seed: int, size: int, mtime: float,
+                      spec_seed: int) -> Content:
+    """The content of ``relpath`` in ``resource``; ``spec_seed`` keeps archives apart."""
+    name = posixpath.basename(relpath).lower()
+    if name.endswith(".dcm"):
+        info = series_info(resource, relpath, spec_seed)
+        header = dicom_header(size, info, f"{spec_seed}/{resource.id}/{relpath}")
+        return SyntheticContent(seed, size, mtime, header)
+    if name.endswith(".nii"):
+        return SyntheticContent(seed, size, mtime, nifti_header(size - NIFTI_HEADER_SIZE))
+    if name.endswith(".nii.gz"):
+        return StoredGzipContent(seed, size, mtime, nifti_header, NIFTI_HEADER_SIZE)
+    if name.endswith(".gz"):
+        return StoredGzipContent(seed, size, mtime, lambda _: b"", 0)
+    if name.endswith(".txt"):
+        return text_content(relpath, seed, size, mtime)
+    if name.endswith(".json"):
+        return json_content(relpath, seed, size, mtime, _sidecar(resource))
+    return SyntheticContent(seed, size, mtime)
+
+
+def series_info(resource: Resource, relpath: str, spec_seed: int) -> SeriesInfo:
+    """Study = session, series = scan (or resource elsewhere), slice = the file's number."""
+    owner = resource.owner
+    session, subject = owner.session, owner.subject
+    study = f"{spec_seed}/{session.id}" if session else f"{spec_seed}/{owner.project.id}"
+    scan = owner if isinstance(owner, Scan) else None
+    number = int(scan.id) if scan and scan.id.isdigit() else 1
+    digits = re.findall(r"\d+", posixpath.basename(relpath))
+    return SeriesInfo(
+        study_key=study,
+        series_key=f"{study}/{scan.id if scan else f'resource {resource.id}'}",
+        patient=subject.label if subject else owner.project.id,
+        study_id=session.label if session else owner.project.id,
+        series_number=min(number, 99999),
+        series_description=(scan.series_description or scan.type) if scan else resource.label,
+        date=session.date if session else "",
+        instance=max(1, int(digits[-1]) % 100000) if digits else 1,
+    )
+
+
+def _sidecar(resource: Resource) -> dict[str, object]:
+    owner = resource.owner
+    fields: dict[str, object] = {"Modality": "MR", "MagneticFieldStrength": 3,
+                                 "RepetitionTime": 2.0, "EchoTime": 0.03}
+    if owner.session is not None:
+        fields["SessionLabel"] = owner.session.label
+    return fields

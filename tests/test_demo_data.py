@@ -134,6 +134,8 @@ def test_dcm2niix_converts_a_scan_folder_of_the_mounted_demo(
     emulator = make_emulator(demo)
     m, o = mount(emulator), oracle(emulator)
     first = next(p for p in sorted(o.files) if p.endswith("/0001.dcm"))
+    # the folder the README's dcm2niix example converts
+    assert first == "PROJ01/S001/S001_MR1/scans/1-T1w/resources/DICOM/files/0001.dcm"
     scan = m / os.path.dirname(first)
     dataset = pydicom.dcmread(scan / "0001.dcm")
     nifti = next(p for p in sorted(o.files) if p.endswith(".nii.gz"))

@@ -1,4 +1,4 @@
-"""Envelope parsing with rows shaped like a real XNAT's (reference §3)."""
+"""Envelope parsing with rows shaped like a real XNAT's (docs/xnat-api.md §3)."""
 
 from __future__ import annotations
 

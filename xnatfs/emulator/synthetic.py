@@ -2,7 +2,7 @@
 
 ``SyntheticSpec`` says how many of everything; ``synthetic_archive`` builds the same archive
 (same IDs, labels and bytes) for the same spec, in any process. ``hostile=True`` adds a set
-of awkward cases seen on real servers (reference §10.9): odd labels, duplicate resource
+of awkward cases seen on real servers (docs/xnat-api.md §12): odd labels, duplicate resource
 labels, missing files, empty digests, sharing, private and protected projects.
 """
 

@@ -91,7 +91,7 @@ def test_niftis_are_gzipped_volumes(demo: Archive, tmp_path: Path) -> None:
     assert nifti_image(plain.read(), tmp_path, "b.nii").shape == (36, 36, 38)
 
 
-def test_text_and_json_documents(demo: Archive) -> None:
+def test_text_json_and_pdf_documents(demo: Archive) -> None:
     docs = [f for f in demo.files() if f.name.endswith((".txt", ".json"))]
     assert {f.name.rsplit(".", 1)[1] for f in docs} == {"txt", "json"}
     for f in docs:
@@ -100,6 +100,16 @@ def test_text_and_json_documents(demo: Archive) -> None:
         assert all(line.isprintable() for line in text.splitlines())
         if f.name.endswith(".json"):
             assert json.loads(text)["Modality"] == "MR"
+    pdf = next(f for f in demo.files() if f.name.endswith(".pdf")).read()
+    assert pdf.startswith(b"%PDF-1.4\n") and pdf.rstrip(b"\n").endswith(b"%%EOF")
+    xref = int(pdf.rsplit(b"startxref\n", 1)[1].split()[0])
+    offsets = [int(row[:10]) for row in pdf[xref:].split(b"\n")[3:8]]
+    assert [pdf[at:].split(b"\n", 1)[0] for at in offsets] == \
+        [b"%d 0 obj" % n for n in range(1, 6)]
+    length = int(pdf.split(b"/Length ")[1].split(b">>")[0])
+    stream = pdf.index(b"stream\n") + len(b"stream\n")
+    assert pdf[stream + length :].startswith(b"\nendstream\n")
+    assert b"(Synthetic document: consent_1.pdf) Tj" in pdf[stream : stream + length]
 
 
 def test_same_spec_same_bytes_and_exact_sizes_and_ranges(demo: Archive) -> None:

@@ -1,9 +1,9 @@
 """Which generator makes a synthetic file's bytes, chosen by its name as a client would.
 
 ``.dcm`` files are DICOM images, ``.nii`` NIfTI volumes, ``.nii.gz`` gzipped NIfTI, other
-``.gz`` gzip of random data, ``.txt``/``.json`` text and JSON; anything else stays random
-bytes. Every generator is deterministic in (seed, size, place in the archive) and makes the
-bytes of a range on demand.
+``.gz`` gzip of random data, ``.txt``, ``.json`` and ``.pdf`` text, JSON and a one-page PDF;
+anything else stays random bytes. Every generator is deterministic in (seed, size, place in
+the archive) and makes the bytes of a range on demand (docs/xnat-api.md §12).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 
 from .archive import Resource, Scan
 from .content import Content, SyntheticContent
-from .documents import json_content, text_content
+from .documents import json_content, pdf_content, text_content
 from .imaging import NIFTI_HEADER_SIZE, SeriesInfo, dicom_header, nifti_header
 from .storedgzip import StoredGzipContent
 
@@ -36,6 +36,8 @@ def synthetic_content(resource: Resource, relpath: str, seed: int, size: int, mt
         return text_content(relpath, seed, size, mtime)
     if name.endswith(".json"):
         return json_content(relpath, seed, size, mtime, _sidecar(resource))
+    if name.endswith(".pdf"):
+        return pdf_content(relpath, seed, size, mtime)
     return SyntheticContent(seed, size, mtime)
 
 

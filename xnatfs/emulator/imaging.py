@@ -14,10 +14,12 @@ file's place in the archive, so the same spec gives the same UIDs in every proce
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -30,12 +32,16 @@ PIXEL_ELEMENT_HEADER = 12
 NIFTI_HEADER_SIZE = 352
 """348 bytes of header plus the 4-byte extension flag (no extensions)."""
 SLICE_THICKNESS = 3.0
+MAX_SIDE = 46340
+"""Rows and columns at most this, so the pixel data's 32-bit length cannot overflow."""
 
 
+@lru_cache(maxsize=4096)
 def uid(*parts: object) -> str:
-    """A DICOM UID derived from ``parts``: same parts, same UID."""
+    """A DICOM UID derived from ``parts``: same parts, same UID, always 44 characters."""
     key = "\x1f".join(map(str, parts)).encode("utf-8", "surrogatepass")
-    return f"2.25.{int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), 'big')}"
+    number = int.from_bytes(hashlib.blake2b(key, digest_size=16).digest(), "big")
+    return f"2.25.{10**38 + number}"  # 39 digits, no leading zero
 
 
 @dataclass(frozen=True)
@@ -55,47 +61,59 @@ class SeriesInfo:
     instance: int
 
 
+_PER_FILE = (0x00020003, 0x00080018, 0x00200013, 0x00200032, 0x00201041)
+"""Elements that differ between the files of a series; all else is the series' template."""
+
+
 def dicom_header(size: int, info: SeriesInfo, file_key: str) -> bytes:
     """Everything of a ``size``-byte DICOM file up to its pixel values.
 
     The pixel values (16-bit unsigned, little endian) fill the rest, up to one odd trailing
     byte when ``size`` is odd. Returns a shorter, pixel-less file's bytes when ``size`` is too
-    small for a header: the spec's size always wins.
+    small for a header: the spec's size always wins. Files of a series share a template, and
+    their own values have fixed widths, so a header costs a copy and five small patches.
     """
-    elements = _dicom_elements(info, file_key, rows=0, columns=0)
-    fixed = len(_encode_part10(elements, file_key, info, padding=0, pixel_bytes=0))
+    template, spots = _series_template(dataclasses.replace(info, instance=0), size)
+    header = bytearray(template)
+    for tag, value in _per_file_values(info, file_key).items():
+        at = spots[tag]
+        header[at : at + len(value)] = value
+    return bytes(header[:size])
+
+
+def _per_file_values(info: SeriesInfo, file_key: str) -> dict[int, bytes]:
+    sop = _uid_value(uid("sop", file_key))
+    z = f"{(info.instance - 1) * SLICE_THICKNESS:.1f}".ljust(10).encode()
+    return {0x00020003: sop, 0x00080018: sop,
+            0x00200013: str(info.instance).ljust(12).encode(),  # IS: spaces do not count
+            0x00200032: b"-120.0\\-120.0\\" + z, 0x00201041: z}
+
+
+@lru_cache(maxsize=256)
+def _series_template(info: SeriesInfo, size: int) -> tuple[bytes, dict[int, int]]:
+    """The header of ``size``-byte files of a series, and where each per-file value goes."""
+    blank = {tag: bytes(len(value)) for tag, value in _per_file_values(info, "").items()}
+    # The matrix size changes values, never lengths, so one pass gives the header's length.
+    fixed = len(_encode_part10(_dicom_elements(info, blank, 0, 0), blank, 0, 0)[0])
     room = size - fixed - PIXEL_ELEMENT_HEADER
-    side = math.isqrt(max(0, room) // 2)
-    if side == 0:
-        return _encode_part10(elements, file_key, info, padding=0, pixel_bytes=0)[:size]
-    side = min(side, 0xFFFF)
-    rows = min(0xFFFF, (room // 2) // side)
-    while True:  # the pixel spacing's text, hence the header, depends on the matrix size
-        elements = _dicom_elements(info, file_key, rows=rows, columns=side)
-        fixed = len(_encode_part10(elements, file_key, info, padding=0, pixel_bytes=0))
-        pixel_bytes = rows * side * 2
-        padding = size - fixed - PIXEL_ELEMENT_HEADER - pixel_bytes
-        if padding >= 0 or rows == 1:
-            break
-        rows -= 1
-    if padding < 0:
-        empty = _dicom_elements(info, file_key, rows=0, columns=0)
-        return _encode_part10(empty, file_key, info, padding=0, pixel_bytes=0)[:size]
-    padding -= padding % 2
-    return _encode_part10(elements, file_key, info, padding=padding, pixel_bytes=pixel_bytes)
+    side = min(MAX_SIDE, math.isqrt(max(0, room) // 2))
+    rows = min(MAX_SIDE, (room // 2) // side) if side else 0
+    # under 4 GiB the rest is less than two rows; beyond, what does not fit follows the pixels
+    padding = min(room - rows * side * 2, 4 * MAX_SIDE) if side else 0
+    return _encode_part10(_dicom_elements(info, blank, rows, side), blank,
+                          padding - padding % 2, rows * side * 2)
 
 
-def _dicom_elements(info: SeriesInfo, file_key: str, rows: int,
+def _dicom_elements(info: SeriesInfo, own: dict[int, bytes], rows: int,
                     columns: int) -> list[tuple[int, str, bytes]]:
     """The data set before the padding and pixel data, in tag order."""
-    z = (info.instance - 1) * SLICE_THICKNESS
     date = info.date.replace("-", "") or "20230201"
-    spacing = f"{240 / max(rows, columns, 1):.6g}"
+    spacing = f"{240 / max(rows, columns, 1):.6f}"[:8]  # the same length for any matrix
     ds = _text
     return [
         (0x00080008, "CS", ds("ORIGINAL\\PRIMARY\\M\\ND")),
         (0x00080016, "UI", _uid_value(MR_IMAGE_STORAGE)),
-        (0x00080018, "UI", _uid_value(uid("sop", file_key))),
+        (0x00080018, "UI", own[0x00080018]),
         (0x00080020, "DA", ds(date)),
         (0x00080021, "DA", ds(date)),
         (0x00080022, "DA", ds(date)),
@@ -120,11 +138,11 @@ def _dicom_elements(info: SeriesInfo, file_key: str, rows: int,
         (0x00200010, "SH", ds(info.study_id[:16])),
         (0x00200011, "IS", ds(str(info.series_number))),
         (0x00200012, "IS", ds("1")),
-        (0x00200013, "IS", ds(str(info.instance))),
-        (0x00200032, "DS", ds(f"-120\\-120\\{z:g}")),
+        (0x00200013, "IS", own[0x00200013]),
+        (0x00200032, "DS", own[0x00200032]),
         (0x00200037, "DS", ds("1\\0\\0\\0\\1\\0")),
         (0x00200052, "UI", _uid_value(uid("frame", info.study_key))),
-        (0x00201041, "DS", ds(f"{z:g}")),
+        (0x00201041, "DS", own[0x00201041]),
         (0x00280002, "US", struct.pack("<H", 1)),
         (0x00280004, "CS", ds("MONOCHROME2")),
         (0x00280010, "US", struct.pack("<H", rows)),
@@ -137,22 +155,28 @@ def _dicom_elements(info: SeriesInfo, file_key: str, rows: int,
     ]
 
 
-def _encode_part10(elements: list[tuple[int, str, bytes]], file_key: str, info: SeriesInfo,
-                   padding: int, pixel_bytes: int) -> bytes:
-    meta_body = b"".join(_element(tag, vr, value) for tag, vr, value in (
+def _encode_part10(elements: list[tuple[int, str, bytes]], own: dict[int, bytes],
+                   padding: int, pixel_bytes: int) -> tuple[bytes, dict[int, int]]:
+    """The encoded header, and the offset of each per-file element's value in it."""
+    meta = [
         (0x00020001, "OB", b"\x00\x01"),
         (0x00020002, "UI", _uid_value(MR_IMAGE_STORAGE)),
-        (0x00020003, "UI", _uid_value(uid("sop", file_key))),
+        (0x00020003, "UI", own[0x00020003]),
         (0x00020010, "UI", _uid_value(EXPLICIT_VR_LITTLE_ENDIAN)),
         (0x00020012, "UI", _uid_value(IMPLEMENTATION_CLASS_UID)),
         (0x00020013, "SH", _text("XNATFS_EMU")),
-    ))
-    meta = _element(0x00020000, "UL", struct.pack("<I", len(meta_body))) + meta_body
-    body = b"".join(_element(tag, vr, value) for tag, vr, value in elements)
-    body += _element(0x00290010, "LO", _text(PRIVATE_CREATOR))
-    body += _element(0x00291000, "OB", bytes(padding))
-    pixel_header = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
-    return bytes(128) + b"DICM" + meta + body + pixel_header
+    ]
+    meta_length = sum(len(_element(*item)) for item in meta)
+    out = bytearray(bytes(128) + b"DICM")
+    out += _element(0x00020000, "UL", struct.pack("<I", meta_length))
+    spots: dict[int, int] = {}
+    for tag, vr, value in [*meta, *elements, (0x00290010, "LO", _text(PRIVATE_CREATOR)),
+                           (0x00291000, "OB", bytes(padding))]:
+        out += _element(tag, vr, value)
+        if tag in _PER_FILE:
+            spots[tag] = len(out) - len(value)
+    out += struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
+    return bytes(out), spots
 
 
 def _element(tag: int, vr: str, value: bytes) -> bytes:

@@ -3,7 +3,8 @@
 ``SyntheticSpec`` says how many of everything; ``synthetic_archive`` builds the same archive
 (same IDs, labels and bytes) for the same spec, in any process. ``hostile=True`` adds a set
 of awkward cases seen on real servers (docs/xnat-api.md §12): odd labels, duplicate resource
-labels, missing files, empty digests, sharing, private and protected projects.
+labels, missing files, empty digests, sharing, private and protected projects. Each file is
+real of the kind its name says (DICOM, NIfTI, gzip, text, JSON, PDF; see ``filetypes``).
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ class SyntheticSpec:
     sessions: int = 2
     scans: int = 3
     dicoms: int = 5
-    """DICOM-like small files in each scan's DICOM resource."""
+    """DICOM images (one series per scan) in each scan's DICOM resource."""
     dicom_size: int = 4096
     niftis: int = 1
-    """NIfTI-like large files in each scan's NIFTI resource."""
+    """Gzipped NIfTI volumes in each scan's NIFTI resource."""
     nifti_size: int = 1 << 20
     session_niftis: int = 0
-    """NIfTI-like large files in a session-level NIFTI resource."""
+    """Gzipped NIfTI volumes in a session-level NIFTI resource."""
     session_resources: int = 1
     subject_resources: int = 1
     project_resources: int = 1

@@ -1,6 +1,6 @@
 """How fast ``xnatfs materialize`` is, against the physical limit and against xnatpy.
 
-Serves one synthetic project (thousands of small DICOM-like files and a few large files) from
+Serves one synthetic project (thousands of small DICOM files and a few large files) from
 the emulator in its own process, once on loopback and once with an emulated WAN (latency on
 every response, one aggregate bandwidth cap), and in each profile times, each in a fresh
 process and a fresh folder:

@@ -1,4 +1,4 @@
-"""Users, HTTP sessions, alias tokens and lockout, with XNAT's rules (docs/xnat-api.md §7).
+"""Users, HTTP sessions, alias tokens and lockout, with XNAT's rules (docs/xnat-api.md §8).
 
 Every successful Basic login opens a new session (as Spring's session-fixation strategy
 does) unless the request carries a live session of the same user; sessions expire after

@@ -1,6 +1,6 @@
 """File listings, single-file downloads (Range, HEAD, conditional GET) and zip downloads.
 
-Follows ``FileList`` and Restlet 1.1's ``RangeFilter`` (docs/xnat-api.md §3.9, §4, §6): the path
+Follows ``FileList`` and Restlet 1.1's ``RangeFilter`` (docs/xnat-api.md §5, §6, §7): the path
 after ``/files/`` is matched raw, then URL-decoded as a whole if it holds ``%2B`` or ``%20``,
 then decoded once more; one range gives 206, several give 501, a range past the end is not
 checked (the body comes out short); a missing file is 404 with an empty body on a

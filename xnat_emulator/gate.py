@@ -1,6 +1,6 @@
 """The security gate in front of every request, and the endpoints that change security state.
 
-Mirrors the layering of a real deployment (docs/xnat-api.md §7): Basic credentials are checked on
+Mirrors the layering of a real deployment (docs/xnat-api.md §8): Basic credentials are checked on
 every path (a wrong password is a Tomcat 401 *without* WWW-Authenticate), a live JSESSIONID
 cookie of the same user spares re-authentication, and an unauthenticated request to a data
 path gets 401 + WWW-Authenticate (non-browser), a 302 to the login page (browser), or,

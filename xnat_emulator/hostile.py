@@ -1,6 +1,6 @@
 """The hostile set: every awkward case a client must survive, in a few small projects.
 
-Each case is something a real XNAT can hold (docs/xnat-api.md §9, §10.9): labels that are not
+Each case is something a real XNAT can hold (docs/xnat-api.md §11, §12): labels that are not
 reachable by label in a URL, names a filesystem refuses, resources that share a label or
 have none, catalogue entries without digest or size or without a file on disk, a subject
 shared into a second project under another label, and projects the user may not read.

@@ -1,4 +1,4 @@
-"""JSON listings exactly as XNAT writes them (docs/xnat-api.md §1.3, §3).
+"""JSON listings exactly as XNAT writes them (docs/xnat-api.md §3).
 
 Every value is a string (``null`` becomes ``""``), ``totalRecords`` is a string counting the
 rows returned and is absent from file listings and paged answers, key order is a hash order

@@ -2,7 +2,7 @@
 login and home pages, and the proxy pages a fault stands in for.
 
 Clients detect HTML by its first bytes and scrape ``<h3>`` (xnatpy) or the "Logged in as"
-line, so these follow the real markup where it is known (docs/xnat-api.md §7, §9.18).
+line, so these follow the real markup where it is known (docs/xnat-api.md §8, §11).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """URL routing: from a raw request path to what it addresses, with XNAT's identifier rules.
 
-Path segments are matched the way Restlet 1.1 hands them to XNAT (docs/xnat-api.md §1.4): project,
+Path segments are matched the way Restlet 1.1 hands them to XNAT (docs/xnat-api.md §4): project,
 subject, experiment, assessor and resource segments are *not* percent-decoded, only
 XML-escaped (so ``My%20Subj`` and ``A&B`` never match a label); scan and reconstruction
 segments are URL-decoded. Permission failures are raised here, as XNAT's 403/404.

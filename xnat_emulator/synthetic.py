@@ -2,8 +2,9 @@
 
 ``SyntheticSpec`` says how many of everything; ``synthetic_archive`` builds the same archive
 (same IDs, labels and bytes) for the same spec, in any process. ``hostile=True`` adds a set
-of awkward cases seen on real servers (docs/xnat-api.md §10.9): odd labels, duplicate resource
-labels, missing files, empty digests, sharing, private and protected projects.
+of awkward cases seen on real servers (docs/xnat-api.md §12): odd labels, duplicate resource
+labels, missing files, empty digests, sharing, private and protected projects. Each file is
+real of the kind its name says (DICOM, NIfTI, gzip, text, JSON, PDF; see ``filetypes``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ import re
 from dataclasses import dataclass
 
 from xnat_emulator.archive import EPOCH, Archive, Experiment, Owner, Resource
-from xnat_emulator.content import SyntheticContent
+from xnat_emulator.filetypes import synthetic_content
 from xnat_emulator.hostile import add_hostile
 from xnat_emulator.values import BadValue, parse_size
 
-DICOM_HEADER = bytes(128) + b"DICM"
-GZIP_HEADER = b"\x1f\x8b\x08\x00"
 SCAN_TYPES = ("T1w", "T2w", "BOLD rest", "DWI", "FLAIR", "SWI")
 
 
@@ -32,13 +31,13 @@ class SyntheticSpec:
     sessions: int = 2
     scans: int = 3
     dicoms: int = 5
-    """DICOM-like small files in each scan's DICOM resource."""
+    """DICOM images (one series per scan) in each scan's DICOM resource."""
     dicom_size: int = 4096
     niftis: int = 1
-    """NIfTI-like large files in each scan's NIFTI resource."""
+    """Gzipped NIfTI volumes in each scan's NIFTI resource."""
     nifti_size: int = 1 << 20
     session_niftis: int = 0
-    """NIfTI-like large files in a session-level NIFTI resource."""
+    """Gzipped NIfTI volumes in a session-level NIFTI resource."""
     session_resources: int = 1
     subject_resources: int = 1
     project_resources: int = 1
@@ -89,11 +88,9 @@ class _Builder:
     def file(self, resource: Resource, relpath: str, size: int, **fields: str | bool) -> None:
         key = f"{self.spec.seed}/{resource.id}/{relpath}".encode("utf-8", "surrogatepass")
         seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
-        lower = relpath.lower()
-        header = (DICOM_HEADER if lower.endswith(".dcm") else
-                  GZIP_HEADER if lower.endswith(".gz") else b"")
-        resource.add_file(relpath, SyntheticContent(seed, size, EPOCH + resource.id, header),
-                          **fields)
+        content = synthetic_content(resource, relpath, seed, size, EPOCH + resource.id,
+                                    self.spec.seed)
+        resource.add_file(relpath, content, **fields)
 
     def small_files(self, owner: Owner, label: str, names: list[str], **kw: str) -> Resource:
         resource = self.archive.add_resource(owner, label, **kw)

@@ -1,6 +1,6 @@
 """Zip downloads (``?format=zip``): XNAT's entry names, streamed without a Content-Length.
 
-Entry names follow ``FileList.buildZipRepresentation`` (docs/xnat-api.md §6), including its plain
+Entry names follow ``FileList.buildZipRepresentation`` (docs/xnat-api.md §7), including its plain
 string replacement: a folder inside a resource named like the scan ID gets the type suffix
 too, as on the real server. Entries are STORED, as XNAT's default; Zip64 kicks in by itself.
 """

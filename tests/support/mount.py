@@ -32,6 +32,14 @@ def xnatfs(*args: str, password: str = "secret", env: dict[str, str] | None = No
                           timeout=timeout, check=False)
 
 
+def one_line(text: str) -> str:
+    """The one ``xnatfs: ...`` line a refused command must print (no traceback)."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith("xnatfs: ") and "Traceback" not in text
+    return lines[0]
+
+
 def unmount(path: str) -> None:
     """Unmount, lazily if it stays busy; never raises."""
     for flags in (["-u"], ["-uz"]):

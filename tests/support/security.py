@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import shutil
 import socket
 import ssl
@@ -39,6 +40,13 @@ class Secrets:
 
         emu.auth.open_session = spy  # type: ignore[method-assign]
 
+    @classmethod
+    def given(cls, *values: str) -> Secrets:
+        """Just these values, where no server's sessions need watching."""
+        secrets = cls.__new__(cls)
+        secrets.values = set(values)
+        return secrets
+
     def assert_absent(self, text: str | bytes, where: str) -> None:
         data = text.encode() if isinstance(text, str) else text
         for secret in self.values:
@@ -53,6 +61,17 @@ class Secrets:
                 self.assert_absent(path.read_bytes(), str(path))
                 count += 1
         return count
+
+
+def cmdlines() -> bytes:
+    """Every process's argv, from /proc and from ``ps``: where a secret must never be."""
+    out = b""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            out += Path(f"/proc/{pid}/cmdline").read_bytes() + b"\n"
+        except OSError:
+            continue
+    return out + subprocess.run(["ps", "-eo", "args"], capture_output=True, check=True).stdout
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from tests.support.mount import needs_fuse, tree_of, unmount
+from tests.support.security import Secrets, cmdlines
 from xnat_emulator import Emulator
 from xnatfs.account import store, tokens
 from xnatfs.account.store import Login
@@ -79,17 +80,6 @@ def _login(xnatfs: Run, emulator: Emulator) -> Login:
     return login
 
 
-def _no_secret_below(root: Path, *secrets: str) -> int:
-    count = 0
-    for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            data = path.read_bytes()
-            for secret in secrets:
-                assert secret.encode() not in data, f"{secret[:3]}... leaked into {path}"
-            count += 1
-    return count
-
-
 def test_login_ls_whoami_token_env_logout(emulator: Emulator, xnatfs: Run, home: Path) -> None:
     url = emulator.url
     plain = xnatfs("login", url, "-u", "alice", XNAT_PASS=PASSWORD)
@@ -141,7 +131,7 @@ def test_login_ls_whoami_token_env_logout(emulator: Emulator, xnatfs: Run, home:
         assert PASSWORD not in run.stdout + run.stderr and "Traceback" not in run.stderr
         if run is not env:
             assert login.secret not in run.stdout + run.stderr
-    assert _no_secret_below(home, PASSWORD) >= 2  # the password: in no file at all
+    assert Secrets.given(PASSWORD).assert_absent_below(home) >= 2  # the password: in no file at all
 
 
 def test_sso_login_with_a_browser_session(emulator: Emulator, xnatfs: Run, home: Path) -> None:
@@ -273,16 +263,6 @@ def test_the_keyring_holds_the_secret_where_one_really_exists(home: Path) -> Non
         keyring.set_keyring(before)
 
 
-def _cmdlines() -> bytes:
-    out = b""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            out += Path(f"/proc/{pid}/cmdline").read_bytes() + b"\n"
-        except OSError:
-            continue
-    return out
-
-
 @pytest.fixture
 def mountpoint(home: Path) -> Iterator[Path]:
     point = home / "mnt"
@@ -303,13 +283,13 @@ def test_a_mount_uses_the_stored_login_and_shows_its_secret_nowhere(
         assert is_mounted(str(mountpoint))
         files = [p for p, kind in tree_of(mountpoint).items() if kind == "file"]
         (mountpoint / files[0]).read_bytes()
-        cmdlines = _cmdlines()
-        assert login.secret.encode() not in cmdlines and PASSWORD.encode() not in cmdlines
+        argv = cmdlines()
+        assert login.secret.encode() not in argv and PASSWORD.encode() not in argv
     finally:
         unmount(str(mountpoint))
     assert {r.login for r in emulator.log.select(kind="file")} == {login.alias}
     assert login.secret not in started.stdout + started.stderr
-    assert _no_secret_below(home, PASSWORD, login.alias + ":" + login.secret) > 2
+    assert Secrets.given(PASSWORD, login.alias + ":" + login.secret).assert_absent_below(home) > 2
 
 
 @pytest.mark.parametrize("argv", [

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fixtures import USERS
+from tests.support.mount import one_line
 from tests.support.security import tls_proxy
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.archive import Access
@@ -24,13 +25,6 @@ def xnatfs(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "xnatfs", *args], capture_output=True,
                           text=True, env={**os.environ, "XNAT_PASS": "secret", **env},
                           timeout=60, check=False)
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, text
-    assert lines[0].startswith("xnatfs: ") and "Traceback" not in text
-    return lines[0]
 
 
 @pytest.fixture

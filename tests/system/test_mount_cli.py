@@ -12,24 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse, tree_of, unmount, xnatfs
+from tests.support.mount import Mount, needs_fuse, one_line, tree_of, unmount, xnatfs
 from xnat_emulator import Emulator
 from xnatfs.cli.units import parse_size
 from xnatfs.mount.host import is_mounted
 
 pytestmark = [pytest.mark.timeout(90)]
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, text
-    assert lines[0].startswith("xnatfs: ")
-    return lines[0]
-
-
-def _state_in(tmp_path: Path) -> dict[str, str]:
-    """The environment of a background mount that logs below tmp_path, not in ~/.local."""
-    return {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
 
 
 def test_parse_size() -> None:
@@ -46,7 +34,7 @@ def test_daemon_mode_returns_when_live_and_umount_ends_it(
     point.mkdir()
     try:
         done = xnatfs("mount", emulator.url, str(point), "-u", "alice", "--cache-dir",
-                      str(tmp_path / "c"), env=_state_in(tmp_path))
+                      str(tmp_path / "c"))
         assert done.returncode == 0, done.stderr
         assert f"mounted {emulator.url} at {point}" in done.stdout
         assert is_mounted(str(point))
@@ -122,8 +110,7 @@ def test_help_works_and_mount_explains_without_libfuse(tmp_path: Path) -> None:
 def test_demo_mounts_a_synthetic_archive(tmp_path: Path) -> None:
     point = tmp_path / "demo"
     try:
-        done = xnatfs("demo", str(point), "--cache-dir", str(tmp_path / "c"),
-                      env=_state_in(tmp_path))
+        done = xnatfs("demo", str(point), "--cache-dir", str(tmp_path / "c"))
         assert done.returncode == 0, done.stderr
         assert "Try:" in done.stdout and "md5sum" in done.stdout and "cp -r" in done.stdout
         files = [p for p, kind in tree_of(point).items() if kind == "file"]

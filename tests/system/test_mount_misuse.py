@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import security
-from tests.support.mount import Mount, needs_fuse, tree_of, unmount
+from tests.support.mount import Mount, needs_fuse, one_line, tree_of, unmount
 from tests.support.oracle import PASSWORD
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.host import is_mounted
@@ -37,13 +37,6 @@ def run(tmp_path: Path) -> Iterator[Run]:
     yield xnatfs
     for point in tmp_path.iterdir():
         unmount(str(point))
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    assert len(lines) == 1, text
-    assert lines[0].startswith("xnatfs: ")
-    return lines[0]
 
 
 def test_relative_cache_dir_and_default_log_file(emulator: Emulator, run: Run,

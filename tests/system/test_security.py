@@ -22,7 +22,7 @@ import certifi
 import pytest
 
 from tests.support.mount import needs_fuse, tree_of, unmount
-from tests.support.security import PASSWORD, USER, Secrets, tls_proxy
+from tests.support.security import PASSWORD, USER, Secrets, cmdlines, tls_proxy
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.host import is_mounted
 from xnatfs.reader.chunkcache import ChunkCache
@@ -100,16 +100,6 @@ def test_a_jsession_passed_in_the_environment_is_never_shown(emu: Emulator, tmp_
         secrets.assert_absent(done.stdout + done.stderr, "ls output")
 
 
-def _cmdlines() -> bytes:
-    out = b""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            out += Path(f"/proc/{pid}/cmdline").read_bytes() + b"\n"
-        except OSError:
-            continue
-    return out + subprocess.run(["ps", "-eo", "args"], capture_output=True, check=True).stdout
-
-
 def _as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                            *cmd], capture_output=True, text=True, check=False, timeout=30)
@@ -139,7 +129,7 @@ def test_a_running_mount_keeps_secrets_and_data_private(emu: Emulator, public_di
         for rel in files:
             (point / rel).read_bytes()
         assert emu.log.count(fault="error") > 0
-        secrets.assert_absent(_cmdlines(), "argv of running processes")
+        secrets.assert_absent(cmdlines(), "argv of running processes")
         # Private: another local user can neither list nor read it (root could always).
         denied = _as_nobody("ls", str(point))
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
@@ -161,8 +151,7 @@ def test_allow_other_opens_the_mount_to_other_users(emu: Emulator, public_dir: P
     point = public_dir / "shared"
     point.mkdir()
     started = xnatfs("mount", emu.url, str(point), "-u", USER, "--cache-dir",
-                     str(public_dir / "c"), "-o", "allow_other", XNAT_PASS=PASSWORD,
-                     XDG_STATE_HOME=str(public_dir / "state"))
+                     str(public_dir / "c"), "-o", "allow_other", XNAT_PASS=PASSWORD)
     assert started.returncode == 0, started.stderr
     try:
         listed = _as_nobody("ls", str(point))
@@ -220,7 +209,7 @@ def test_cache_clear_really_removes_cached_bytes(emu: Emulator, tmp_path: Path):
     point, cache = tmp_path / "mnt", tmp_path / "cache"
     point.mkdir()
     started = xnatfs("mount", emu.url, str(point), "-u", USER, "--cache-dir", str(cache),
-                     XNAT_PASS=PASSWORD, XDG_STATE_HOME=str(tmp_path / "state"))
+                     XNAT_PASS=PASSWORD)
     assert started.returncode == 0, started.stderr
     try:
         for rel, kind in tree_of(point).items():

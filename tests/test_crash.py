@@ -19,7 +19,7 @@ import pytest
 from mount_support import Mount, needs_fuse, unmount
 
 from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.materialize.download import PART_SUFFIX
+from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.tree.model import Tree
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials

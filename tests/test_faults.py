@@ -30,7 +30,7 @@ from xnatfs.cli import main
 from xnatfs.emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.emulator.pages import login_page
 from xnatfs.materialize import engine, plan
-from xnatfs.materialize.download import PART_SUFFIX
+from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
 from xnatfs.tree.model import Tree
 from xnatfs.xnat.client import XnatClient

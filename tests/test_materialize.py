@@ -17,7 +17,7 @@ from xnatfs.cli import main
 from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.emulator.archive import EPOCH, timestamp
 from xnatfs.emulator.content import SyntheticContent
-from xnatfs.materialize.download import PART_SUFFIX
+from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import RemoteFile, Tree
 from xnatfs.xnat.client import XnatClient

@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 
 from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.materialize.download import PART_SUFFIX
+from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
 from xnatfs.tree.model import Tree
 from xnatfs.xnat.client import XnatClient

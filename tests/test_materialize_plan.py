@@ -8,17 +8,16 @@ from collections import Counter
 
 import pytest
 
-from xnatfs.errors import IntegrityError, UsageError
-from xnatfs.materialize.download import (
+from xnatfs.errors import IntegrityError, LocalError, UsageError
+from xnatfs.materialize.menu import format_menu, parse_answer
+from xnatfs.materialize.output import (
     PART_SUFFIX,
-    LocalError,
     Output,
     PartFile,
     existing_size,
     part_name,
 )
-from xnatfs.materialize.menu import format_menu, parse_answer
-from xnatfs.materialize.plan import Filters, Glob, Shard, normalise_path
+from xnatfs.materialize.selection import Filters, Glob, Shard, normalise_path
 from xnatfs.tree.model import Context
 
 SCAN = Context(level="scan", project="P1", subject="S001", session="S001_MR1",

@@ -17,8 +17,8 @@ from xnatfs.errors import UsageError, XnatfsError
 from xnatfs.units import human_size, positive_float, positive_int
 
 if TYPE_CHECKING:
-    from xnatfs.materialize.download import Output
-    from xnatfs.materialize.plan import Selection
+    from xnatfs.materialize.output import Output
+    from xnatfs.materialize.selection import Selection
     from xnatfs.tree.model import Tree
 
 DEFAULT_JOBS = 16
@@ -90,11 +90,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from xnatfs.materialize.download import Output
     from xnatfs.materialize.engine import Engine, Options, listing_threads
     from xnatfs.materialize.menu import choose_projects
-    from xnatfs.materialize.plan import Filters, Selection, Shard
+    from xnatfs.materialize.output import Output
     from xnatfs.materialize.report import Report
+    from xnatfs.materialize.selection import Filters, Selection, Shard
     from xnatfs.reader.chunkcache import ChunkCache, default_cache_dir
     from xnatfs.reader.fetcher import Fetcher
     from xnatfs.tree.model import Tree
@@ -147,9 +147,10 @@ def run(args: argparse.Namespace) -> int:
 def dry_run(tree: Tree, selection: Selection, output: Output, jobs: int, *,
             as_json: bool) -> int:
     """List the selection and print it with sizes; nothing is written."""
-    from xnatfs.materialize.download import existing_size
-    from xnatfs.materialize.engine import Workers, listing_threads
+    from xnatfs.materialize.engine import listing_threads
+    from xnatfs.materialize.output import existing_size
     from xnatfs.materialize.plan import PlannedFile, Planner
+    from xnatfs.materialize.workers import Workers
 
     planned: list[tuple[PlannedFile, int | None]] = []
 

@@ -17,29 +17,17 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from xnatfs.errors import DigestMismatch, IntegrityError, UsageError, XnatfsError
+from xnatfs.errors import (
+    DigestMismatch,
+    IntegrityError,
+    LocalError,
+    UsageError,
+)
+from xnatfs.errors import write_error as local_error
 
 PART_SUFFIX = ".xnatfs-part"
 MAX_NAME_BYTES = 255
 READ_BLOCK = 1 << 20
-# Local errors after which no other file can be written either: stop the run, keep everything.
-FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
-
-
-class LocalError(XnatfsError):
-    """Writing one file to the output folder failed (the run goes on with the others)."""
-
-
-class OutputFailed(XnatfsError):
-    """The output folder cannot take any more data (full, quota, read-only): stop the run."""
-
-
-def local_error(exc: OSError, what: str) -> XnatfsError:
-    """An OSError while writing ``what``, as a one-line error: fatal or for this file only."""
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    if exc.errno in FATAL_ERRNOS:
-        return OutputFailed(f"cannot write {what}: {reason}")
-    return LocalError(f"cannot write {what}: {reason}")
 
 
 @dataclass(frozen=True, slots=True)

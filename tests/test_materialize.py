@@ -80,7 +80,9 @@ def tree_files(emu: Emulator, *paths: str) -> dict[str, str]:
 
 
 def local_files(out: Path) -> dict[str, Path]:
-    return {str(p.relative_to(out)): p for p in out.rglob("*") if p.is_file()}
+    """The files in ``out`` but the manifest's folder and MD5SUMS."""
+    return {rel: p for p in out.rglob("*") if p.is_file()
+            if not (rel := str(p.relative_to(out))).startswith(".xnatfs/") and rel != "MD5SUMS"}
 
 
 def md5(data: bytes) -> str:

@@ -159,6 +159,7 @@ def test_output_does_not_follow_symbolic_links(tmp_path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = Output(str(tmp_path / "out"))
+    out.create()
     os.symlink(elsewhere, tmp_path / "out" / "P")
     with pytest.raises(LocalError, match="symbolic link"):
         out.make_parents(out.target("P/S/file.dcm"))
@@ -176,14 +177,29 @@ def test_unusable_output_folder_is_one_usage_line(tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UsageError) as info:
-        Output(str(blocker / "out"))
+        Output(str(blocker / "out")).create()
     assert "\n" not in str(info.value)
     with pytest.raises(UsageError):
-        Output(str(blocker))
+        Output(str(blocker)).create()
+
+
+def test_the_output_folder_is_made_only_when_asked(tmp_path) -> None:
+    out = Output(str(tmp_path / "out"))
+    assert not out.exists() and not (tmp_path / "out").exists()
+    assert out.create() and out.exists() and not out.create()
+
+
+def test_output_refuses_the_names_of_its_own_records(tmp_path) -> None:
+    out = Output(str(tmp_path / "out"))
+    for reserved in (".xnatfs/manifest.jsonl", "MD5SUMS"):
+        with pytest.raises(LocalError, match="records"):
+            out.target(reserved)
+    assert out.target("P/MD5SUMS").final.endswith("P/MD5SUMS")
 
 
 def _part(tmp_path, data: bytes, *, align: int = 4, resume: bool = True) -> PartFile:
     out = Output(str(tmp_path / "out"))
+    out.create()
     target = out.target("P/f.bin")
     out.make_parents(target)
     return PartFile(target, len(data), hashlib.md5(data).hexdigest(), align=align, resume=resume)

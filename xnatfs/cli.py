@@ -20,6 +20,7 @@ COMMANDS = (
     "xnatfs.mount.cli",
     "xnatfs.materialize.cli",
     "xnatfs.ls",
+    "xnatfs.verify",
     "xnatfs.reader.cache_cli",
     "xnatfs.emulator.cli",
 )

@@ -208,13 +208,13 @@ class Engine:
         self.manifest = Manifest(self.output.root)
 
     def _close_output(self) -> None:
-        """Compact the manifest and write MD5SUMS; leave no trace in a folder this run made
-        and wrote nothing to (a filter that matched nothing)."""
+        """Compact the manifest and write MD5SUMS. A run that has recorded nothing leaves
+        no records (nor an MD5SUMS over a user's own), and no folder if it made it."""
         if self.manifest is None:
             return
         try:
-            if self._created and not len(self.manifest) and not self._seen:
-                _remove_empty(self.output.root)
+            if not len(self.manifest) and not manifest_file.exists(self.output.root):
+                _remove_records(self.output.root, folder_too=self._created)
             else:
                 self.manifest.finish()
         finally:
@@ -449,15 +449,15 @@ def _prune(folder: str, root: str) -> None:
         folder = os.path.dirname(folder)
 
 
-def _remove_empty(root: str) -> None:
-    """Undo creating an output folder: its metadata, then the folder if nothing else is in
-    it."""
+def _remove_records(root: str, *, folder_too: bool) -> None:
+    """Undo opening an output folder: the lock files, then the folder if this run made it
+    and nothing else is in it."""
     meta = manifest_file.meta_dir(root)
     for name in os.listdir(meta) if os.path.isdir(meta) else ():
         path = os.path.join(meta, name)
         if stat.S_ISREG(os.lstat(path).st_mode):
             os.unlink(path)
-    for folder in (meta, root):
+    for folder in (meta, root) if folder_too else (meta,):
         try:
             os.rmdir(folder)
         except OSError:

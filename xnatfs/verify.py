@@ -14,7 +14,6 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 from xnatfs.errors import LocalError, UsageError
@@ -67,6 +66,8 @@ def check(root: str, rel: str, size: int, md5: str) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from xnatfs.materialize import manifest
     from xnatfs.units import human_size
 

@@ -154,6 +154,8 @@ class Manifest:
     def _append(self, line: str) -> None:
         data = (line + "\n").encode("utf-8", "surrogatepass")
         with self._lock:
+            if self._lock_fd < 0:  # a straggler after the run closed it: the next run adopts
+                return
             fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
@@ -182,9 +184,10 @@ class Manifest:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        with self._lock:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
 
     @staticmethod
     def _replace(path: str, text: str) -> None:

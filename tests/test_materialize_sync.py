@@ -319,3 +319,18 @@ def test_progress_lines_when_not_on_a_terminal_speak_the_summary_units(capsys):
     report.close()
     line = next(s for s in lines if "materialize:" in s)
     assert "0/2 files, 5.0 MiB of 20.0 MiB, " in line and "MiB/s" in line and "ETA" in line
+
+
+def test_md5sums_holds_for_hostile_names(capsys, tmp_path, monkeypatch):
+    """Names with backslashes, newlines, spaces and non-UTF-8 bytes: md5sum -c still passes."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    for key, value in CREDS.items():
+        monkeypatch.setenv(key, value)
+    spec = SyntheticSpec(projects=0, hostile=True, seed=4)
+    out = tmp_path / "out"
+    with Emulator(synthetic_archive(spec), EmulatorConfig(), users=USERS) as emu:
+        run(capsys, "materialize", emu.url, "HOSTILE", "-o", str(out))
+    assert len(read_entries(str(out))) > 10
+    check = md5sum_check(out)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert run(capsys, "verify", str(out))[0] == 0

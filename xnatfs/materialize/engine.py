@@ -174,7 +174,10 @@ class Engine:
         def emit(planned: PlannedFile) -> None:
             remote = self._resolved(planned)
             size = remote.size if remote else None
-            change = self.change(planned, remote).change if remote else Change.NEW
+            try:
+                change = self.change(planned, remote).change if remote else Change.NEW
+            except XnatfsError:  # something not ours in the way: the run will say what
+                change = Change.CHANGED
             with lock:
                 self._seen.add(planned.path)
                 rows.append(PlanRow(planned.path, size, change))

@@ -334,3 +334,23 @@ def test_md5sums_holds_for_hostile_names(capsys, tmp_path, monkeypatch):
     check = md5sum_check(out)
     assert check.returncode == 0, check.stdout + check.stderr
     assert run(capsys, "verify", str(out))[0] == 0
+
+
+def test_verify_prints_progress_lines_when_not_on_a_terminal(emu, capsys, tmp_path,
+                                                              monkeypatch):
+    import xnatfs.verify
+
+    out = tmp_path / "out"
+    assert materialize(capsys, emu.url, out)[0] == 0
+    monkeypatch.setattr(xnatfs.verify, "PROGRESS_INTERVAL", 0.001)
+    real = xnatfs.verify.check
+
+    def slow(*args):  # so that the ticker gets a turn while files are hashed
+        time.sleep(0.01)
+        return real(*args)
+
+    monkeypatch.setattr(xnatfs.verify, "check", slow)
+    code, _, err = run(capsys, "verify", str(out), "-j", "1")
+    assert code == 0
+    assert any(line.startswith("verify: ") and " files, " in line and "/s" in line
+               for line in err.splitlines())

@@ -300,6 +300,20 @@ class Resource:
         self._by_path.setdefault(relpath, f)
         return f
 
+    def replace_file(self, relpath: str, content: Content) -> File:
+        """New bytes under an existing name (an upload with ``overwrite=true``): tests change
+        the archive between two runs of a client with this and ``remove_file``."""
+        f = self._by_path[relpath]
+        f.content = content
+        return f
+
+    def remove_file(self, relpath: str) -> None:
+        """Delete a file from the catalogue (``DELETE .../files/{path}``)."""
+        f = self._by_path.pop(relpath)
+        self.files.remove(f)
+        if (other := next((g for g in self.files if g.relpath == relpath), None)) is not None:
+            self._by_path[relpath] = other
+
     def find(self, relpath: str) -> File | None:
         """The catalogue entry with this relative path."""
         return self._by_path.get(relpath)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.oracle import Oracle
+from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.cli import main
 from xnatfs.errors import ServerError, XnatfsError
@@ -75,8 +75,7 @@ def test_every_hostile_item_has_one_safe_stable_name_and_lands_inside(tmp_path, 
         return {p: t for p, t in times.items() if box / "out" not in (p, *p.parents)}
 
     assert outside({p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}) == outside(before)
-    written = {str(p.relative_to(box / "out")): p.read_bytes()
-               for p in (box / "out").rglob("*") if p.is_file()}
+    written = {rel: p.read_bytes() for rel, p in output_files(box / "out").items()}
     want = {p: n.file.uri for p, n in first.items() if p.startswith("HOSTILE/")}
     by_uri = {f.uri: f for f in listed}
     assert set(written) == {p for p, uri in want.items() if not by_uri[uri].missing}

@@ -13,12 +13,12 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.oracle import Oracle
+from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.archive import EPOCH, timestamp
 from xnat_emulator.content import SyntheticContent
 from xnatfs.cli import main
-from xnatfs.materialize.download import PART_SUFFIX
+from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 
 NIFTI = CHUNK_SIZE + 4097  # two chunks: large files go through parallel ranges
@@ -65,10 +65,6 @@ def run_json(capsys, *argv: str) -> tuple[int, dict]:
     return code, json.loads(out)
 
 
-def local_files(out: Path) -> dict[str, Path]:
-    return {str(p.relative_to(out)): p for p in out.rglob("*") if p.is_file()}
-
-
 def md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
 
@@ -77,7 +73,7 @@ def assert_same_as_tree(emu: Emulator, out: Path, *paths: str) -> None:
     """``out`` holds exactly the tree's files below ``paths`` (present on the server), each
     with the server's bytes, and nothing else."""
     want = Oracle.of(emu, *paths).present()
-    have = local_files(out)
+    have = output_files(out)
     assert set(have) == set(want)
     for path, f in want.items():
         assert md5(have[path].read_bytes()) == f.md5, path
@@ -217,7 +213,7 @@ def test_a_filtered_download_holds_only_the_selected_files(emu, archive, capsys,
                      "--resource", "DICOM", "-j", "3")
     assert code == 0
     uris = Oracle.of(emu, "PROJ02").uris()
-    have = local_files(tmp_path)
+    have = output_files(tmp_path)
     assert {uris[p] for p in have} == {
         f.uri for f in archive.files()
         if f.project_id == "PROJ02" and f.scan_type == "T1w" and f.resource_label == "DICOM"}
@@ -453,7 +449,7 @@ def test_shards_split_the_files_exactly(emu, archive, capsys, tmp_path):
                          "--shard", f"{k}/3", "--cache-dir", str(tmp_path / "none"))
     assert min(counts) > 0
     assert_same_as_tree(emu, tmp_path / "all", "PROJ01")
-    parts = [set(local_files(tmp_path / f"s{k}")) for k in (1, 2, 3)]
+    parts = [set(output_files(tmp_path / f"s{k}")) for k in (1, 2, 3)]
     assert sum(map(len, parts)) == len(set().union(*parts)) == sum(counts)
 
 

@@ -10,6 +10,7 @@ asking the ``Tree``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from xnat_emulator import Archive, Emulator, File
 from xnatfs.tree.model import Node, Tree
@@ -19,6 +20,10 @@ from xnatfs.xnat.credentials import Credentials
 
 PASSWORD = {"alice": "secret", "bob": "hunter2"}
 """Passwords of the users the suite's emulators know (``tests.support.fixtures.USERS``)."""
+RECORD_FOLDER, CHECKSUMS = ".xnatfs", "MD5SUMS"
+"""What ``materialize`` keeps at the top of its output folder about the run (the manifest's
+folder, the checksum list): its own records, never tree files. Spelled out here rather than
+imported, so the oracle does not take the writer's word for where its records go."""
 
 
 def resource_key(uri: str) -> str:
@@ -73,6 +78,19 @@ class Oracle:
     def present(self) -> dict[str, File]:
         """The files the server really has (the hostile set lists some it does not)."""
         return {path: f for path, f in self.files.items() if not f.missing}
+
+
+def is_record(path: Path, out: Path) -> bool:
+    """Whether ``path`` inside the output folder ``out`` is one of materialize's records."""
+    rel = path.relative_to(out).parts
+    return rel[:1] == (RECORD_FOLDER,) or rel == (CHECKSUMS,)
+
+
+def output_files(out: Path) -> dict[str, Path]:
+    """Tree path -> file for every file materialize left in ``out`` (part files included, its
+    records not): what a test compares with the oracle's ``files``."""
+    return {str(p.relative_to(out)): p for p in out.rglob("*")
+            if p.is_file() and not is_record(p, out)}
 
 
 def layout_path(f: File) -> str | None:

@@ -25,12 +25,12 @@ from types import SimpleNamespace
 import pytest
 
 from tests.support.mount import Mount, needs_fuse
-from tests.support.oracle import Oracle
+from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.pages import login_page
 from xnatfs.cli import main
 from xnatfs.materialize import engine, plan
-from xnatfs.materialize.download import PART_SUFFIX
+from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
 
 USERS = {"alice": "secret"}
@@ -272,8 +272,8 @@ def materialize(capsys, url: str, out: Path, *extra: str) -> tuple[int, dict, st
 def assert_materialized(out: Path, oracle: Oracle, code: int, summary: dict,
                         lost: set[str] | None) -> None:
     """A verified tree, or exactly the files it names as failed (and exit 1)."""
-    written = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
-               if p.is_file() and not p.name.endswith(PART_SUFFIX)}
+    written = {rel: p.read_bytes() for rel, p in output_files(out).items()
+               if not p.name.endswith(PART_SUFFIX)}
     failed = {f["path"] for f in summary["failures"]}
     for path, data in written.items():
         assert data == oracle.read(path), f"wrong bytes under a final name: {path}"

@@ -21,9 +21,9 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.oracle import Oracle
+from tests.support.oracle import Oracle, is_record, output_files
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.materialize.download import PART_SUFFIX
+from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
 
 SPEC = SyntheticSpec(projects=2, subjects=1, sessions=2, scans=2, dicoms=8, dicom_size=64 << 10,
@@ -68,7 +68,7 @@ def md5_of(path: Path) -> str:
 
 
 def assert_complete(out: Path, want: dict[str, tuple[str, str]]) -> None:
-    have = {str(p.relative_to(out)): p for p in out.rglob("*") if p.is_file()}
+    have = output_files(out)
     assert set(have) == set(want)
     for path, (_, digest) in want.items():
         assert md5_of(have[path]) == digest, path
@@ -90,7 +90,7 @@ def test_kill_9_then_rerun_continues_and_skips_verified_files(emu, tmp_path):
             if p.name.endswith(PART_SUFFIX):
                 parts[str(p.relative_to(out).parent / p.name[1:-len(PART_SUFFIX)])] = \
                     p.stat().st_size
-            elif p.is_file():
+            elif p.is_file() and not is_record(p, out):
                 finals.add(str(p.relative_to(out)))
         if finals and any(size >= CHUNK_SIZE for size in parts.values()):
             break
@@ -118,20 +118,31 @@ def test_kill_9_then_rerun_continues_and_skips_verified_files(emu, tmp_path):
             assert ranges and all(r and int(r[6:].split("-")[0]) >= resume_at for r in ranges)
 
 
-def test_ctrl_c_reports_what_was_done_and_a_rerun_completes(emu, server, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_reports_exactly_what_was_done_and_a_rerun_completes(
+        emu, server, tmp_path, sig):
+    """The summary counts every file on disk when the process ends, also files that finish
+    while it is being printed; SIGTERM (a SLURM time limit) ends the same way."""
     want = expected(emu, "PROJ02")
     out = tmp_path / "out"
     emu.config.bandwidth = 6e6
-    child = subprocess.Popen([*COMMAND, emu.url, "PROJ02", "-o", str(out)], env=env(**CREDS),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([*COMMAND, emu.url, "PROJ02", "-o", str(out), "--json"],
+                             env=env(**CREDS), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not [p for p in out.rglob("*.dcm")]:
         time.sleep(0.02)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=30)
-    assert child.returncode == 130
+    child.send_signal(sig)
+    doc, err = child.communicate(timeout=30)
+    assert child.returncode == (130 if sig == signal.SIGINT else 143)
     lines = err.strip().splitlines()
-    assert lines[-1] == "xnatfs: interrupted" and "not finished" in lines[-2]
+    what = "interrupted" if sig == signal.SIGINT else "terminated"
+    assert lines[-1] == f"xnatfs: {what}; run the same command again to resume"
+    assert "not finished" in lines[-2]
+    finals = [p for p in output_files(out).values() if not p.name.endswith(PART_SUFFIX)]
+    assert json.loads(doc)["downloaded"] == len(finals) < len(want)
+    manifest = (out / ".xnatfs" / "manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == len(finals)
     emu.config.bandwidth = None
     assert subprocess.run([*COMMAND, emu.url, "PROJ02", "-o", str(out)], env=env(**CREDS),
                           capture_output=True, timeout=60).returncode == 0
@@ -232,7 +243,8 @@ def test_a_full_disk_stops_with_one_line_and_a_rerun_completes(emu, server, tmp_
     script = """
     mount -t tmpfs -o size=7m tmpfs "$OUT" || exit 99
     "$PY" -m xnatfs materialize "$URL" PROJ01 -o "$OUT" -j 2 2>"$TMP/err1"; echo $? >"$TMP/rc1"
-    find "$OUT" -type f ! -name '.*' -exec md5sum {} + >"$TMP/first"
+    find "$OUT" -type f ! -name '.*' ! -path '*/.xnatfs/*' ! -name MD5SUMS \
+        -exec md5sum {} + >"$TMP/first"
     "$PY" -c 'import time; print(time.time())' >"$TMP/mark"
     mount -o remount,size=64m "$OUT"
     "$PY" -m xnatfs materialize "$URL" PROJ01 -o "$OUT" 2>"$TMP/err2"; echo $? >"$TMP/rc2"

@@ -1,24 +1,26 @@
-"""materialize without a server: filters, shards, the menu's answers, output paths, part files."""
+"""materialize without a server: filters, shards, the menu's answers, output paths, part files,
+progress lines."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import Counter
 
 import pytest
 
-from xnatfs.errors import IntegrityError, UsageError
-from xnatfs.materialize.download import (
+from xnatfs.errors import IntegrityError, LocalError, UsageError
+from xnatfs.materialize.menu import format_menu, parse_answer
+from xnatfs.materialize.output import (
     PART_SUFFIX,
-    LocalError,
     Output,
     PartFile,
     existing_size,
     part_name,
 )
-from xnatfs.materialize.menu import format_menu, parse_answer
-from xnatfs.materialize.plan import Filters, Glob, Shard, normalise_path
+from xnatfs.materialize.report import Report
+from xnatfs.materialize.selection import Filters, Glob, Shard, normalise_path
 from xnatfs.tree.model import Context
 
 SCAN = Context(level="scan", project="P1", subject="S001", session="S001_MR1",
@@ -160,6 +162,7 @@ def test_output_does_not_follow_symbolic_links(tmp_path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = Output(str(tmp_path / "out"))
+    out.create()
     os.symlink(elsewhere, tmp_path / "out" / "P")
     with pytest.raises(LocalError, match="symbolic link"):
         out.make_parents(out.target("P/S/file.dcm"))
@@ -177,14 +180,29 @@ def test_unusable_output_folder_is_one_usage_line(tmp_path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(UsageError) as info:
-        Output(str(blocker / "out"))
+        Output(str(blocker / "out")).create()
     assert "\n" not in str(info.value)
     with pytest.raises(UsageError):
-        Output(str(blocker))
+        Output(str(blocker)).create()
+
+
+def test_the_output_folder_is_made_only_when_asked(tmp_path) -> None:
+    out = Output(str(tmp_path / "out"))
+    assert not out.exists() and not (tmp_path / "out").exists()
+    assert out.create() and out.exists() and not out.create()
+
+
+def test_output_refuses_the_names_of_its_own_records(tmp_path) -> None:
+    out = Output(str(tmp_path / "out"))
+    for reserved in (".xnatfs/manifest.jsonl", "MD5SUMS"):
+        with pytest.raises(LocalError, match="records"):
+            out.target(reserved)
+    assert out.target("P/MD5SUMS").final.endswith("P/MD5SUMS")
 
 
 def _part(tmp_path, data: bytes, *, align: int = 4, resume: bool = True) -> PartFile:
     out = Output(str(tmp_path / "out"))
+    out.create()
     target = out.target("P/f.bin")
     out.make_parents(target)
     return PartFile(target, len(data), hashlib.md5(data).hexdigest(), align=align, resume=resume)
@@ -234,3 +252,27 @@ def test_existing_size_refuses_what_is_not_a_regular_file(tmp_path) -> None:
         existing_size(str(tmp_path / "link"))
     with pytest.raises(LocalError):
         existing_size(str(tmp_path))
+
+
+def test_progress_lines_when_not_on_a_terminal_speak_the_summary_units() -> None:
+    lines: list[str] = []
+
+    class Stream:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+        def flush(self) -> None: ...
+
+        def isatty(self) -> bool:
+            return False
+
+    report = Report("/out", stream=Stream(), interval=0.02)  # type: ignore[arg-type]
+    report.planned(10 << 20)
+    report.planned(10 << 20)
+    report.wrote(5 << 20)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("materialize:" in s for s in lines):
+        time.sleep(0.01)
+    report.close()
+    line = next(s for s in lines if "materialize:" in s)
+    assert "0/2 files, 5.0 MiB of 20.0 MiB, " in line and "MiB/s" in line and "ETA" in line

@@ -26,6 +26,7 @@ COMMANDS = (
     "xnatfs.mount.cli",
     "xnatfs.materialize.cli",
     "xnatfs.ls",
+    "xnatfs.verify",
     "xnatfs.cli.cache",
     "xnatfs.account.cli",
 )

@@ -2,8 +2,8 @@
 
 A file is written to a hidden ``.NAME.xnatfs-part`` beside its final name, in order, hashing
 as it goes; only when its size and (where the listing has one) its MD5 are right is it renamed
-into place. So a final name always holds a verified file, and a rerun can skip it on its size
-alone; a part file is a valid prefix, so a rerun continues it with Range. Nothing is ever
+into place. So a final name always holds a verified file, whose MD5 the manifest records; a
+part file is a valid prefix, so a rerun continues it with Range. Nothing is ever
 written outside the output folder: every path component comes from the tree (safe names), is
 checked again here, and no symbolic link on the way is followed.
 """
@@ -17,29 +17,18 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from xnatfs.errors import DigestMismatch, IntegrityError, UsageError, XnatfsError
+from xnatfs.errors import (
+    DigestMismatch,
+    IntegrityError,
+    LocalError,
+    UsageError,
+)
+from xnatfs.errors import write_error as local_error
 
 PART_SUFFIX = ".xnatfs-part"
 MAX_NAME_BYTES = 255
 READ_BLOCK = 1 << 20
-# Local errors after which no other file can be written either: stop the run, keep everything.
-FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
-
-
-class LocalError(XnatfsError):
-    """Writing one file to the output folder failed (the run goes on with the others)."""
-
-
-class OutputFailed(XnatfsError):
-    """The output folder cannot take any more data (full, quota, read-only): stop the run."""
-
-
-def local_error(exc: OSError, what: str) -> XnatfsError:
-    """An OSError while writing ``what``, as a one-line error: fatal or for this file only."""
-    reason = os.strerror(exc.errno) if exc.errno else str(exc)
-    if exc.errno in FATAL_ERRNOS:
-        return OutputFailed(f"cannot write {what}: {reason}")
-    return LocalError(f"cannot write {what}: {reason}")
+RESERVED = frozenset({".xnatfs", "MD5SUMS"})  # the manifest's folder and the checksum list
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,22 +42,31 @@ class Target:
 class Output:
     """The output folder. Thread-safe. ``create=False`` (a dry run) only looks."""
 
-    def __init__(self, path: str, *, create: bool = True) -> None:
-        root = os.path.abspath(path)
-        self.root = os.path.realpath(root)
+    def __init__(self, path: str) -> None:
+        self.given = os.path.abspath(path)
+        self.root = os.path.realpath(self.given)
         self._dirs: set[str] = {self.root}
         self._lock = threading.Lock()
-        if not create:
-            return
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def create(self) -> bool:
+        """Make the folder (late: only once login, server and selection are known to be
+        good, so a refused run leaves nothing behind); True when it did not exist."""
+        created = not os.path.lexists(self.given)
         try:
-            os.makedirs(root, exist_ok=True)
+            os.makedirs(self.given, exist_ok=True)
         except OSError as exc:
-            raise UsageError(f"cannot create output folder {root}: "
+            raise UsageError(f"cannot create output folder {self.given}: "
                              f"{os.strerror(exc.errno or 0)}") from None
-        if not os.path.isdir(root):
-            raise UsageError(f"output {root} is not a folder")
-        if not os.access(root, os.W_OK | os.X_OK):
-            raise UsageError(f"output folder {root} is not writable")
+        if not os.path.isdir(self.given):
+            raise UsageError(f"output {self.given} is not a folder")
+        if not os.access(self.given, os.W_OK | os.X_OK):
+            raise UsageError(f"output folder {self.given} is not writable")
+        self.root = os.path.realpath(self.given)
+        self._dirs = {self.root}
+        return created
 
     def target(self, tree_path: str) -> Target:
         """The final and part names for a tree path; a component that could leave its folder
@@ -78,6 +76,9 @@ class Output:
             if part in ("", ".", "..") or "\0" in part or \
                     len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
                 raise LocalError(f"refusing unsafe name {part!r} in {tree_path!r}")
+        if parts[0] in RESERVED:
+            raise LocalError(f"{parts[0]} is where xnatfs keeps its records; not writing "
+                             f"{tree_path} over it")
         final = os.path.join(self.root, *parts)
         return Target(final, os.path.join(os.path.dirname(final), part_name(parts[-1])))
 
@@ -156,17 +157,20 @@ class PartFile:
         self.target = target
         self.size = size
         self.digest = digest
-        self.md5 = hashlib.md5() if digest else None
-        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-        try:
-            self.fd = os.open(target.part, flags, 0o666)
+        self.md5 = hashlib.md5()  # always: the manifest records every file's MD5
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:  # a new part file is created exclusively; an existing one is a prefix to continue
+            try:
+                self.fd = os.open(target.part, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                self.fd = os.open(target.part, flags)
         except OSError as exc:
             raise local_error(exc, target.part) from None
         try:
             have = os.fstat(self.fd).st_size if resume else 0
             self.offset = have // align * align if have <= size else 0
             os.ftruncate(self.fd, self.offset)
-            if self.md5 is not None and self.offset:
+            if self.offset:
                 self._hash_prefix()
             os.lseek(self.fd, self.offset, os.SEEK_SET)
         except OSError as exc:
@@ -175,7 +179,6 @@ class PartFile:
         self.resumed_from = self.offset
 
     def _hash_prefix(self) -> None:
-        assert self.md5 is not None
         os.lseek(self.fd, 0, os.SEEK_SET)
         left = self.offset
         while left:
@@ -192,8 +195,7 @@ class PartFile:
                 view = view[os.write(self.fd, view):]
         except OSError as exc:
             raise local_error(exc, self.target.part) from None
-        if self.md5 is not None:
-            self.md5.update(data)
+        self.md5.update(data)
         self.offset += len(data)
 
     def commit(self, mtime: float) -> None:
@@ -202,7 +204,7 @@ class PartFile:
         if self.offset != self.size:
             self.discard()
             raise IntegrityError(f"got {self.offset} bytes, expected {self.size}")
-        if self.md5 is not None and (actual := self.md5.hexdigest()) != self.digest:
+        if self.digest and (actual := self.md5.hexdigest()) != self.digest:
             self.discard()
             raise DigestMismatch(f"MD5 mismatch: got {actual}, the server's listing says "
                                  f"{self.digest}")

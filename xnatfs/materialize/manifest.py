@@ -189,9 +189,10 @@ class Manifest:
                 os.close(self._lock_fd)
                 self._lock_fd = -1
 
-    @staticmethod
-    def _replace(path: str, text: str) -> None:
-        tmp = f"{path}.{os.getpid()}.tmp"
+    def _replace(self, path: str, text: str) -> None:
+        # The temporary copy goes in the records' folder (same file system, so the rename is
+        # atomic): a kill mid-write leaves no stray file among the user's data in DIR.
+        tmp = os.path.join(self.dir, f"{os.path.basename(path)}.{os.getpid()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
                 f.write(text)

@@ -24,11 +24,12 @@ from xnatfs.errors import (
     UsageError,
 )
 from xnatfs.errors import write_error as local_error
+from xnatfs.materialize.manifest import MD5SUMS, META_DIR
 
 PART_SUFFIX = ".xnatfs-part"
 MAX_NAME_BYTES = 255
 READ_BLOCK = 1 << 20
-RESERVED = frozenset({".xnatfs", "MD5SUMS"})  # the manifest's folder and the checksum list
+RESERVED = frozenset({META_DIR, MD5SUMS})  # the manifest's folder and the checksum list
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,14 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from xnatfs.emulator import (
+from xnat_emulator import (
     Emulator,
     EmulatorConfig,
     SyntheticSpec,
     load_folder,
     synthetic_archive,
 )
-from xnatfs.units import parse_size
+from xnatfs.cli.units import parse_size
 
 
 def main() -> int:

@@ -1,6 +1,6 @@
 """How fast ``xnatfs materialize`` is, against the physical limit and against xnatpy.
 
-Serves one synthetic project (thousands of small DICOM-like files and a few large files) from
+Serves one synthetic project (thousands of small DICOM files and a few large files) from
 the emulator in its own process, once on loopback and once with an emulated WAN (latency on
 every response, one aggregate bandwidth cap), and in each profile times, each in a fresh
 process and a fresh folder:
@@ -33,8 +33,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from xnatfs.emulator import SyntheticSpec, synthetic_archive
-from xnatfs.units import parse_size
+from xnat_emulator import SyntheticSpec, synthetic_archive
+from xnatfs.cli.units import parse_size
 
 USER, PASSWORD = "alice", "secret"
 
@@ -180,7 +180,10 @@ def timed(name: str, argv: list[str], target: str, env: dict[str, str] | None = 
         err.seek(0)
         stdout, stderr = out.read(), err.read()
     count, size = 0, 0
-    for folder, _, entries in os.walk(target):
+    for folder, folders, entries in os.walk(target):
+        if folder == target:  # materialize's records are not tree files
+            folders[:] = [f for f in folders if f != ".xnatfs"]
+            entries = [e for e in entries if e != "MD5SUMS"]
         for entry in entries:
             count += 1
             size += os.path.getsize(os.path.join(folder, entry))

@@ -34,7 +34,7 @@ fi
 case "$mode" in
     demo) exec .venv/bin/xnatfs demo "$@" ;;
     test)
-        .venv/bin/ruff check xnatfs tests scripts
+        .venv/bin/ruff check xnatfs xnat_emulator tests scripts
         exec .venv/bin/python -m pytest -q "$@" ;;
     *) echo "usage: scripts/bootstrap.sh demo|test [ARGS...]" >&2; exit 2 ;;
 esac

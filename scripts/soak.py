@@ -4,14 +4,16 @@ against the same emulator, for a while; loopback only.
 
 Checks every byte read, and samples the mount process: resident memory, open file descriptors
 and threads must stay flat, the chunk cache under its limit. Prints a JSON report; exits 1 if
-a check failed. ``tests/test_soak.py`` runs it for seconds; run it for minutes by hand:
+a check failed. ``tests/system/test_soak.py`` runs it for seconds; run it for minutes by hand,
+from the repository root (it uses the tests' mount helper and oracle, ``tests.support``):
 
-    .venv/bin/python scripts/soak.py --minutes 10
+    .venv/bin/python -m scripts.soak --minutes 10
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -23,14 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from mount_support import Mount
-
-from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.tree.model import Tree
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import Credentials
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 
 SPEC = SyntheticSpec(projects=1, subjects=2, sessions=2, scans=2, dicoms=6, dicom_size=40_000,
                      niftis=1, nifti_size=5 << 20, assessors=0, seed=51)
@@ -45,18 +40,27 @@ def sample(pid: int) -> dict[str, int]:
 
 
 def cache_bytes(cache: Path) -> int:
-    return sum(p.stat().st_size for p in cache.rglob("*.val"))
+    """The chunk files' bytes. The cache evicts while it is counted, and diskcache removes a
+    folder it empties: a file or folder that vanishes meanwhile no longer counts."""
+    total = 0
+    for folder, _, names in os.walk(cache):  # os.walk skips a folder that vanished
+        for name in names:
+            if name.endswith(".val"):
+                with contextlib.suppress(FileNotFoundError):
+                    total += os.stat(os.path.join(folder, name)).st_size
+    return total
 
 
 def soak(seconds: float, work: Path, readers: int = 6) -> dict:
+    from tests.support.mount import Mount
+    from tests.support.oracle import Oracle
+
     cache, out = work / "cache", work / "out"
     (work / "mnt").mkdir()
     errors: list[str] = []
     counts = {"cp": 0, "md5sum": 0, "random": 0, "materialize": 0}
     with Emulator(synthetic_archive(SPEC), EmulatorConfig(), users={"alice": "secret"}) as emu:
-        by_uri = {f.uri: f for f in emu.archive.files()}
-        with XnatClient(emu.url, Credentials("alice", "secret")) as client:
-            files = {p: by_uri[n.file.uri] for p, n in Tree(client).walk("/")}
+        files = Oracle.of(emu).files
         m = Mount(emu.url, str(work / "mnt"), str(cache),
                   ("--cache-size", str(CACHE_LIMIT))).start()
         assert m.process is not None
@@ -152,6 +156,9 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0)
     parser.add_argument("--readers", type=int, default=6)
     args = parser.parse_args()
+    if not __package__:  # run as a file: the repository root is not on sys.path
+        print("soak: run it from the repository root: python -m scripts.soak", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="xnatfs-soak-") as work:
         report = soak(args.minutes * 60, Path(work), args.readers)
     print(json.dumps(report, indent=2))

@@ -48,6 +48,13 @@ class ServerTimeout(TransferError):
     """The server accepted the request but sent nothing for the whole timeout."""
 
 
+class TLSError(ConnectError):
+    """The server's TLS is not what we can trust or speak: a certificate that fails its check,
+    or a port that answers plain HTTP. Asking again brings the same answer."""
+
+    transient = False
+
+
 class AuthError(XnatfsError):
     """The server refused our credentials (after exactly one re-login)."""
 
@@ -86,3 +93,26 @@ class DigestMismatch(IntegrityError):
     """The bytes arrived whole but are not the ones the listing's MD5 describes."""
 
     transient = False  # the same request would bring the same bytes
+
+
+class LocalError(XnatfsError):
+    """Writing one file to a local output folder failed; the run goes on with the others."""
+
+
+class OutputFailed(XnatfsError):
+    """The output folder cannot take any more data (full, over quota, read-only, failing):
+    no other file could be written either, so the run stops and keeps what it has."""
+
+
+# Local errors after which no other file can be written either.
+_OUTPUT_FATAL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+def write_error(exc: OSError, what: str) -> LocalError | OutputFailed:
+    """An OSError while writing ``what``, as a one-line error: for this file, or for all."""
+    import os
+
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    if exc.errno in _OUTPUT_FATAL:
+        return OutputFailed(f"cannot write {what}: {reason}")
+    return LocalError(f"cannot write {what}: {reason}")

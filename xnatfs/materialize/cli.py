@@ -7,19 +7,14 @@ the numbered project menu when no path is given.
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import sys
-from typing import TYPE_CHECKING
+import threading
 
-from xnatfs.connect import add_connection_options, open_client, server_url
+from xnatfs.cli.options import add_connection_options, open_client, server_url
+from xnatfs.cli.units import positive_float, positive_int
 from xnatfs.errors import UsageError, XnatfsError
-from xnatfs.units import human_size, positive_float, positive_int
-
-if TYPE_CHECKING:
-    from xnatfs.materialize.download import Output
-    from xnatfs.materialize.plan import Selection
-    from xnatfs.tree.model import Tree
 
 DEFAULT_JOBS = 16
 LISTING_PATIENCE = 5  # a listing of a large session may take minutes to start (xnatpy: 300 s)
@@ -27,7 +22,13 @@ EPILOG = """\
 DIR holds every file at its tree path, as the mount shows it: `materialize URL P1/S1 -o out`
 gives out/P1/S1/... (the same as `cd MOUNT && cp -r --parents P1/S1 out/`), so several runs,
 selections and shards can fill one DIR. Files appear only complete and verified (size, and MD5
-where the server has one); rerun the same command to continue an interrupted run.
+where the server has one). DIR/.xnatfs/manifest.jsonl records what was written and DIR/MD5SUMS
+its checksums (`cd DIR && md5sum -c MD5SUMS`).
+
+Rerunning the same command is a sync: it continues an interrupted run, fetches files that are
+new or changed on the server (size or MD5), and names files gone from the server (`gone:`),
+keeping them; --delete removes those (only files xnatfs wrote). `xnatfs verify DIR` re-hashes
+DIR offline against the manifest; --verify re-hashes and fetches whatever is damaged.
 
 examples:
   xnatfs materialize https://xnat.example.org MYPROJ -o data
@@ -74,9 +75,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="K/N", default="1/1",
                    help="take only the K-th of N disjoint parts (for job arrays)")
     p.add_argument("--dry-run", action="store_true",
-                   help="print the selected files and their total size; download nothing")
+                   help="print the plan: each file new, changed, unchanged or gone, with "
+                        "counts and bytes; download nothing")
     p.add_argument("--verify", action="store_true",
-                   help="check files already in DIR against the server's MD5; fetch bad ones")
+                   help="re-hash files already in DIR; fetch those that differ from what "
+                        "xnatfs wrote (offline check: xnatfs verify DIR)")
+    p.add_argument("--delete", action="store_true",
+                   help="remove files gone from the server (only files xnatfs wrote, as its "
+                        "manifest says; never your own)")
     p.add_argument("-ow", "--overwrite", action="store_true",
                    help="download every file again, even when present")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -89,17 +95,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a SLURM time limit, systemd stopping a timer's job): end like Ctrl-C."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run(args: argparse.Namespace) -> int:
-    from xnatfs.materialize.download import Output
-    from xnatfs.materialize.engine import Engine, Options, listing_threads
+    from xnatfs.materialize.engine import MAX_JOBS, Engine, Options, Source, listing_threads
     from xnatfs.materialize.menu import choose_projects
-    from xnatfs.materialize.plan import Filters, Selection, Shard
+    from xnatfs.materialize.output import Output
     from xnatfs.materialize.report import Report
+    from xnatfs.materialize.selection import Filters, Selection, Shard
     from xnatfs.reader.chunkcache import ChunkCache, default_cache_dir
     from xnatfs.reader.fetcher import Fetcher
     from xnatfs.tree.model import Tree
 
     jobs, timeout = args.jobs, args.timeout
+    if jobs > MAX_JOBS:
+        raise UsageError(f"-j {jobs}: at most {MAX_JOBS} parallel transfers")
     filters = Filters.from_options(
         scan_type=args.scan_type, resource=args.resource, subject=args.subject,
         session=args.session, xsi_type=args.xsi_type, include=args.include,
@@ -112,79 +128,51 @@ def run(args: argparse.Namespace) -> int:
     if not paths and not sys.stdin.isatty():
         raise UsageError("no tree path given and no terminal for the project menu: "
                          "xnatfs materialize URL PROJECT[/SUBJECT/...] -o DIR")
-    output = Output(args.output, create=not args.dry_run)
+    output = Output(args.output)  # created by the run, once everything checks out
+    options = Options(jobs=jobs, verify=args.verify, overwrite=args.overwrite,
+                      delete=args.delete)
+    json_out = sys.stdout if args.json else None
     pool = jobs + listing_threads(jobs) + 4
-    with open_client(args, url, pool_size=pool, read_timeout=timeout,
-                     listing_timeout=timeout * LISTING_PATIENCE) as client:
-        tree = Tree(client)
-        if not paths:
-            paths = choose_projects(sorted(tree.children(tree.root)), out=sys.stderr)
-        selection = Selection(tuple(paths), filters, shard)
-        if args.dry_run:
-            return dry_run(tree, selection, output, jobs, as_json=args.json)
-        cache_dir = args.cache_dir or default_cache_dir()
-        cache = ChunkCache(cache_dir) if os.path.isdir(cache_dir) else None
-        fetcher = Fetcher(client, cache, max_parallel=1, deadline=timeout)
-        report = Report(output.root)
-        options = Options(jobs=jobs, verify=args.verify, overwrite=args.overwrite)
-        try:
-            Engine(tree, fetcher, output, report, options).run(selection)
-        except (XnatfsError, KeyboardInterrupt):
-            summary = report.summary()
-            if summary.selected:  # say what got done before the error line
-                report.print_summary(summary, json_out=sys.stdout if args.json else None)
-            report.close()
-            raise
-        finally:
-            fetcher.close()
-            if cache is not None:
-                cache.close()
-        summary = report.summary()
-        report.print_summary(summary, json_out=sys.stdout if args.json else None)
-        return 0 if summary.ok else 1
-
-
-def dry_run(tree: Tree, selection: Selection, output: Output, jobs: int, *,
-            as_json: bool) -> int:
-    """List the selection and print it with sizes; nothing is written."""
-    from xnatfs.materialize.download import existing_size
-    from xnatfs.materialize.engine import Workers, listing_threads
-    from xnatfs.materialize.plan import PlannedFile, Planner
-
-    planned: list[tuple[PlannedFile, int | None]] = []
-
-    def emit(pf: PlannedFile) -> None:
-        size = tree.resolve(pf.node).size
-        planned.append((pf, size))
-
-    listers = Workers(listing_threads(jobs), "xnatfs-list")
-    planner = Planner(tree, selection, lambda task: listers.submit(0, task), emit)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
-        planner.run(planner.roots())
+        with open_client(args, url, pool_size=pool, read_timeout=timeout,
+                         listing_timeout=timeout * LISTING_PATIENCE) as client:
+            tree = Tree(client)
+            if not paths:
+                paths = choose_projects(sorted(tree.children(tree.root)), out=sys.stderr)
+            selection = Selection(tuple(paths), filters, shard)
+            if args.dry_run:
+                report = Report(output.root, progress=False, interval=0)
+                engine = Engine(tree, None, output, report, options)
+                rows, failures = engine.dry_run(selection)
+                report.print_plan(rows, failures, json_out=json_out)
+                return 1 if failures else 0
+            cache_dir = args.cache_dir or default_cache_dir()
+            cache = ChunkCache(cache_dir) if os.path.isdir(cache_dir) else None
+            fetcher = Fetcher(client, cache, max_parallel=1, deadline=timeout)
+            report = Report(output.root)
+            try:
+                Engine(tree, Source(fetcher), output, report, options).run(selection)
+            except KeyboardInterrupt as exc:
+                summary = report.summary()
+                report.print_summary(summary, json_out=json_out)
+                what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+                print(f"xnatfs: {what}; run the same command again to resume", file=sys.stderr)
+                return 143 if isinstance(exc, Terminated) else 130
+            except XnatfsError:
+                summary = report.summary()
+                if summary.selected:  # say what got done before the error line
+                    report.print_summary(summary, json_out=json_out)
+                report.close()
+                raise
+            finally:
+                fetcher.close()
+                if cache is not None:
+                    cache.close()
+            summary = report.summary()
+            report.print_summary(summary, json_out=json_out)
+            return 0 if summary.ok else 1
     finally:
-        listers.close()
-    rows = []
-    for pf, size in sorted(planned, key=lambda t: t[0].path):
-        present = size is not None and existing_size(output.target(pf.path).final) == size
-        rows.append({"path": pf.path, "size": size, "present": present})
-    total = sum(r["size"] or 0 for r in rows)
-    todo = [r for r in rows if not r["present"]]
-    todo_bytes = sum(r["size"] or 0 for r in todo)
-    failures = [{"path": f.path, "reason": f"listing failed: {f.reason}"}
-                for f in planner.failures]
-    if as_json:
-        json.dump({"output": output.root, "selected": len(rows), "selected_bytes": total,
-                   "to_download": len(todo), "to_download_bytes": todo_bytes,
-                   "files": rows, "failures": failures}, sys.stdout, indent=2,
-                  ensure_ascii=False)
-        print()
-    else:
-        for r in rows:
-            mark = "present" if r["present"] else "get"
-            print(f"{mark:7} {'?' if r['size'] is None else r['size']:>12}  {r['path']}")
-    for failure in failures:
-        print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
-    print(f"dry run: {len(rows)} files ({human_size(total)}) selected; {len(todo)} to download "
-          f"({human_size(todo_bytes)}), {len(rows) - len(todo)} already in {output.root}",
-          file=sys.stderr)
-    return 1 if failures else 0
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,41 +1,26 @@
-"""``xnatfs mount``, ``xnatfs umount`` and ``xnatfs demo``.
+"""``xnatfs mount``, ``xnatfs umount`` and ``xnatfs demo``: their arguments, and the commands
+that check them and hand over to the mount.
 
 ``mount`` behaves like sshfs: everything the user can get wrong (mount point, /dev/fuse,
-libfuse, credentials) is checked first and told in one line; then the process forks, and the
-command returns once the mount answers (``-f`` stays in the foreground, logging to stderr).
-SIGINT and SIGTERM unmount cleanly (libfuse's own handlers end the loop, then it unmounts).
-FUSE, threads and the emulator are imported inside the commands, so ``xnatfs --help`` works
-where libfuse is missing.
+libfuse, credentials, a project name) is checked first and told in one line; then the process
+forks (``daemon``) and the command returns once the mount answers (``-f`` stays in the
+foreground, logging to stderr). ``host`` holds the checks of the machine, ``run`` builds and
+serves the mount, ``demo`` the demo's server. FUSE, threads and the emulator are imported
+inside the commands, so ``xnatfs --help`` works where libfuse is missing.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import logging
+import difflib
 import os
-import re
-import shutil
 import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
-from typing import Any
 
-from xnatfs.connect import add_connection_options, open_client, server_url
-from xnatfs.errors import UsageError, XnatfsError
-from xnatfs.units import parse_size, positive_float
-from xnatfs.xnat.client import GRACE, XnatClient
-
-log = logging.getLogger(__name__)
-
-READ_AHEAD_KB = 8 << 10  # kernel readahead of the mount, where root may set it (default 128)
-DEMO_USER, DEMO_PASSWORD = "demo", "demo"
-# Idle threads are never retired: see fs._keep_thread_state. (libfuse 3.14 also warns about
-# its own default for max_idle_threads unless it is given.)
-_THREADS = {"max_threads": 32, "max_idle_threads": 32}
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8  # mallopt (malloc.h)
+from xnatfs.cli.options import add_connection_options, open_client, server_url
+from xnatfs.cli.units import parse_size, positive_float
+from xnatfs.errors import NotFound, UsageError, XnatfsError
+from xnatfs.mount import host
+from xnatfs.xnat.client import XnatClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,14 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "LABEL/files/... Files are fetched in chunks when read and kept in a disk "
                     "cache. Returns once the mount is live; unmount with 'xnatfs umount'.")
     add_connection_options(p)
-    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing directory")
+    p.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing, empty directory")
     _add_mount_options(p)
     p.add_argument("--project", action="append", metavar="P",
                    help="show only this project (repeatable)")
     p.set_defaults(run=run)
 
     u = sub.add_parser("umount", help="unmount an xnatfs mount",
-                       description="Unmount (fusermount3 -u); the mount's process then exits.")
+                       description="Unmount (fusermount3 -u); the mount's process then exits. "
+                                   "A dead mount (its process killed) is detached lazily.")
     u.add_argument("mountpoint", metavar="MOUNTPOINT")
     u.add_argument("-z", "--lazy", action="store_true",
                    help="detach now even if busy (a dead or stuck mount)")
@@ -80,6 +66,12 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                         "(default 20)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, logging to stderr; Ctrl-C unmounts")
+    p.add_argument("--log-file", metavar="FILE",
+                   help="where a background mount logs its warnings and errors (default: one "
+                        "file per mount point in the user log folder, rotated; the mount "
+                        "says which)")
+    p.add_argument("--allow-non-empty", action="store_true",
+                   help="mount over a folder that has files (they stay hidden until unmounted)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
                    help="FUSE mount option, e.g. -o allow_other (repeatable, comma lists too)")
 
@@ -88,297 +80,88 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xnatfs.mount.run import serve
+
     url = server_url(args)
-    mountpoint = check_mountpoint(args.mountpoint)
-    options = fuse_options(args.options)
-    check_fuse()
+    mountpoint = _prepare(args)
+    options = host.fuse_options(args.options)
+    host.check_fuse()
     # --timeout bounds every request of the mount, listings included: no FUSE call waits longer
     client = open_client(args, url, read_timeout=args.timeout,
                          listing_timeout=args.timeout)  # bad credentials end here
+    if args.project:
+        check_projects(client, args.project)
+    _prepare_log(args, mountpoint)
+    where = "" if args.foreground else f" (log: {args.log_file})"
     return serve(args, mountpoint, options, lambda: client,
-                 lambda _: f"xnatfs: mounted {url} at {mountpoint}")
+                 lambda _: f"xnatfs: mounted {url} at {mountpoint}{where}")
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from xnatfs.mount.demo import demo_banner, demo_client
+    from xnatfs.mount.run import serve
+
     os.makedirs(args.mountpoint, exist_ok=True)
-    mountpoint = check_mountpoint(args.mountpoint)
-    options = fuse_options(args.options)
-    check_fuse()
-    return serve(args, mountpoint, options, lambda: _demo_client(args.timeout),
-                 lambda client: _demo_banner(client, args.mountpoint))
+    mountpoint = _prepare(args)
+    options = host.fuse_options(args.options)
+    host.check_fuse()
+    _prepare_log(args, mountpoint)
+    where = "" if args.foreground else f"\nLog: {args.log_file}"
+    return serve(args, mountpoint, options, lambda: demo_client(args.timeout),
+                 lambda client: demo_banner(client, args.mountpoint) + where)
 
 
 def run_umount(args: argparse.Namespace) -> int:
     mountpoint = os.path.realpath(args.mountpoint)
-    if not is_mounted(mountpoint):
+    if not host.is_mounted(mountpoint):
         raise UsageError(f"nothing is mounted at {mountpoint}")
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    lazy = args.lazy or host.is_dead(mountpoint)  # nothing left to flush: just detach it
+    tool = host.fusermount()
     if tool:
-        cmd = [tool, "-u", *(["-z"] if args.lazy else []), mountpoint]
+        cmd = [tool, "-u", *(["-z"] if lazy else []), mountpoint]
     else:
-        cmd = ["umount", *(["-l"] if args.lazy else []), mountpoint]
+        cmd = ["umount", *(["-l"] if lazy else []), mountpoint]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode:
         why = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        hint = "" if args.lazy else " (still in use? close it, or use -z)"
+        hint = "" if lazy else " (still in use? close it, or use -z)"
         raise XnatfsError(f"cannot unmount {mountpoint}: {why}{hint}")
     return 0
 
 
-# -- checks --------------------------------------------------------------------------------
-
-
-def check_mountpoint(path: str) -> str:
-    """The mount point's real path, or a one-line reason why it cannot be used."""
-    mountpoint = os.path.realpath(path)
-    if is_mounted(mountpoint):
-        try:
-            os.stat(mountpoint)
-        except OSError:
-            raise XnatfsError(f"{mountpoint} holds a dead mount: xnatfs umount -z {path}") \
-                from None
-        raise XnatfsError(f"{mountpoint} is busy: something is mounted there already")
-    if not os.path.exists(mountpoint):
-        raise UsageError(f"mount point {mountpoint} does not exist (create it first)")
-    if not os.path.isdir(mountpoint):
-        raise UsageError(f"mount point {mountpoint} is not a directory")
+def _prepare(args: argparse.Namespace) -> str:
+    """Check the mount point, and make every path absolute now: the daemon leaves the
+    caller's working folder before it opens them."""
+    mountpoint = host.check_mountpoint(args.mountpoint, allow_non_empty=args.allow_non_empty)
+    if args.cache_dir:
+        args.cache_dir = os.path.abspath(os.path.expanduser(args.cache_dir))
+    if args.log_file:
+        args.log_file = os.path.abspath(os.path.expanduser(args.log_file))
     return mountpoint
 
 
-def check_fuse() -> None:
-    """/dev/fuse, libfuse and (unless root) fusermount3 are there."""
-    if not os.path.exists("/dev/fuse"):
-        raise XnatfsError("no /dev/fuse: load the fuse module (modprobe fuse); in a container, "
-                          "run it with --device /dev/fuse --cap-add SYS_ADMIN")
-    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
-        raise XnatfsError("no permission to open /dev/fuse")
-    if os.geteuid() != 0 and not (shutil.which("fusermount3") or shutil.which("fusermount")):
-        raise XnatfsError("fusermount3 not found: install fuse3 (e.g. apt install fuse3)")
-    try:
-        import xnatfs.mount.fs  # noqa: F401 - loads libfuse
-    except (OSError, AttributeError) as exc:
-        raise XnatfsError(f"libfuse not usable ({exc}): install fuse3 "
-                          "(e.g. apt install fuse3)") from None
+def _prepare_log(args: argparse.Namespace, mountpoint: str) -> None:
+    """The log file a background mount (or --log-file) will write, checked writable now, once
+    everything else has passed, so that a refused mount leaves no empty log behind."""
+    from xnatfs.mount import logfile
+
+    args.log_file_given = args.log_file is not None
+    if args.log_file_given or not args.foreground:
+        args.log_file = logfile.prepare(args.log_file or logfile.default_path(mountpoint))
 
 
-def fuse_options(values: list[str]) -> dict[str, Any]:
-    """``-o a=b,c`` → {"a": "b", "c": True}; allow_other only where fuse.conf permits it."""
-    options: dict[str, Any] = {}
-    for value in values:
-        for item in filter(None, value.split(",")):
-            key, eq, val = item.partition("=")
-            options[key] = val if eq else True
-    if "allow_other" in options and os.geteuid() != 0 and not _user_allow_other():
-        raise UsageError("-o allow_other needs 'user_allow_other' in /etc/fuse.conf")
-    return options
-
-
-def _user_allow_other() -> bool:
-    try:
-        with open("/etc/fuse.conf") as conf:
-            return any(line.split("#")[0].strip() == "user_allow_other" for line in conf)
-    except OSError:
-        return False
-
-
-def is_mounted(path: str) -> bool:
-    """Whether ``path`` (a real path) is a mount point, dead FUSE mounts included."""
-    try:
-        with open("/proc/self/mountinfo") as info:
-            points = [line.split()[4] for line in info]
-    except OSError:
-        return os.path.ismount(path)
-    unescape = re.compile(r"\\([0-7]{3})")
-    return any(unescape.sub(lambda m: chr(int(m[1], 8)), p) == path for p in points)
-
-
-# -- serving -------------------------------------------------------------------------------
-
-
-def serve(
-    args: argparse.Namespace, mountpoint: str, options: dict[str, Any],
-    connect: Callable[[], XnatClient], banner: Callable[[XnatClient], str],
-) -> int:
-    """Mount and serve until unmounted: here with -f, else in a forked child that reports
-    back through a pipe once the mount answers (or why it failed)."""
-    if args.foreground:
-        client = connect()
-
-        def ready() -> None:
-            print(banner(client) + " (Ctrl-C to unmount)", file=sys.stderr, flush=True)
-
-        return _mount(args, mountpoint, options, client, ready)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    rfd, wfd = os.pipe()
-    if os.fork():
-        os.close(wfd)
-        with os.fdopen(rfd, "rb") as pipe:
-            status, _, text = pipe.read().decode(errors="replace").partition("\t")
-        if status == "ok":
-            print(text, flush=True)
-            return 0
-        if status:
-            print(f"xnatfs: {text}", file=sys.stderr)
-            return int(status)
-        print("xnatfs: the mount failed (run with -f to see why)", file=sys.stderr)
-        return 1
-    os.close(rfd)
-    os._exit(_child(args, mountpoint, options, connect, banner, wfd))
-
-
-def _child(
-    args: argparse.Namespace, mountpoint: str, options: dict[str, Any],
-    connect: Callable[[], XnatClient], banner: Callable[[XnatClient], str], wfd: int,
-) -> int:
-    """The mount's own process: detached from the terminal once the mount is live, so that
-    libfuse's own complaints still reach the user while it starts."""
-    os.setsid()
-    os.chdir("/")
-    logging.getLogger().handlers.clear()
-    logging.getLogger().addHandler(logging.NullHandler())
-
-    def report(text: str) -> None:
-        os.write(wfd, text.encode())
-        os.close(wfd)
-
-    try:
-        client = connect()
-
-        def ready() -> None:
-            null = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            report("ok\t" + banner(client))
-
-        return _mount(args, mountpoint, options, client, ready)
-    except XnatfsError as exc:
-        report(f"{exc.exit_code}\t{exc}")
-        return exc.exit_code
-    except BaseException as exc:
-        report(f"1\tunexpected failure: {exc!r}")
-        return 1
-
-
-def _mount(
-    args: argparse.Namespace, mountpoint: str, options: dict[str, Any], client: XnatClient,
-    ready: Callable[[], None],
-) -> int:
-    """Run the FUSE loop until unmounted (or SIGINT/SIGTERM)."""
-    from xnatfs.mount.fs import XnatFS
-    from xnatfs.mount.libfuse import FUSE
-    from xnatfs.reader.chunkcache import ChunkCache
-    from xnatfs.reader.fetcher import Fetcher
-    from xnatfs.tree.model import Tree
-
-    _keep_buffers()
-    try:
-        cache = ChunkCache(args.cache_dir, args.cache_size)
-    except OSError as exc:
-        raise XnatfsError(f"cannot use the cache folder {exc.filename or args.cache_dir}: "
-                          f"{exc.strerror or exc}") from None
-    fetcher = Fetcher(client, cache, cache.chunk_size, deadline=args.timeout + GRACE)
-    tree = Tree(client, ttl=args.ttl, projects=getattr(args, "project", None), wait=args.timeout)
-    before = os.stat(mountpoint).st_dev
-    live = threading.Event()
-
-    def watch() -> None:
-        if _wait_live(mountpoint, before):
-            live.set()
-            ready()
-
-    fs = XnatFS(tree, fetcher,
-                on_init=lambda: threading.Thread(target=watch, daemon=True).start())
-    settings: dict[str, Any] = {
-        "foreground": True, "ro": True, "default_permissions": True, "subtype": "xnatfs",
-        "fsname": "xnatfs:" + client.base_url.replace(",", "%2C"),
-        "entry_timeout": args.ttl, "attr_timeout": args.ttl, "negative_timeout": 5,
-        **_THREADS, **options,
-    }
-    try:
-        FUSE(fs, mountpoint, raw_fi=True, **settings)
-    except RuntimeError:
-        # libfuse returns non-zero after a signal ended the loop; before that, it is a failure
-        # it has already described on stderr.
-        if not live.is_set():
-            raise XnatfsError(f"could not mount at {mountpoint} (see above)") from None
-    finally:
-        fetcher.close()
-        cache.close()
-        client.close()
-    return 0
-
-
-def _keep_buffers() -> None:
-    """Keep freed MiB-sized buffers in the heap, in few arenas. glibc maps every block over
-    128 KiB afresh and unmaps it when freed, so each read's buffers cost page faults and page
-    zeroing (measured here as a quarter of the mount's CPU during a cold read); and it gives
-    each thread its own arena, each keeping freed memory: two arenas and a 64 MiB trim
-    threshold hold the peak resident memory of a 1 GiB cold read near 330 MiB (580 with one
-    arena per thread, 420 with glibc's defaults)."""
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum
-        libc.mallopt(_M_TRIM_THRESHOLD, 64 << 20)
-        libc.mallopt(_M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        log.debug("not glibc: malloc left as is")
-
-
-def _wait_live(mountpoint: str, before: int, timeout: float = 30.0) -> bool:
-    """Wait until the mount point shows the new file system, then widen the kernel's
-    readahead for it (root only; the default 128 KiB caps FUSE reads at 128 KiB)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            dev = os.stat(mountpoint).st_dev
-        except OSError:
-            dev = before
-        if dev != before:
-            try:
-                with open(f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb",
-                          "w") as knob:
-                    knob.write(str(READ_AHEAD_KB))
-            except OSError as exc:
-                log.debug("kernel readahead left as is: %s", exc)
-            return True
-        time.sleep(0.01)
-    return False
-
-
-# -- demo ----------------------------------------------------------------------------------
-
-
-def _demo_client(timeout: float) -> XnatClient:
-    """Start the emulator on a synthetic archive, in this process, and log in to it."""
-    from xnatfs.emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-    from xnatfs.xnat.credentials import Credentials
-
-    spec = SyntheticSpec(projects=1, subjects=3, sessions=2, scans=3, dicoms=20,
-                         dicom_size=64 << 10, niftis=1, nifti_size=8 << 20, hostile=False,
-                         seed=0)
-    emulator = Emulator(synthetic_archive(spec), EmulatorConfig(),
-                        users={DEMO_USER: DEMO_PASSWORD})
-    emulator.start()
-    client = XnatClient(emulator.url, Credentials(DEMO_USER, DEMO_PASSWORD, source="demo"),
-                        read_timeout=timeout, listing_timeout=timeout)
-    client.login()
-    return client
-
-
-def _demo_banner(client: XnatClient, where: str) -> str:
-    project = sorted(p["ID"] for p in client.listing("/data/projects"))[0]
-    m = where if where.startswith("/") else "./" + where
-    return "\n".join([
-        f"xnatfs demo: a synthetic XNAT archive is mounted at {m}",
-        f"(served by the bundled emulator at {client.base_url}, user {DEMO_USER}/{DEMO_PASSWORD})",
-        "",
-        "Try:",
-        f"  ls {m}/{project}",
-        f"  ls -lR {m}/{project} | head -40",
-        f"  find {m} -name '*.nii*' -exec md5sum {{}} +",
-        f"  cp -r {m}/{project}/<subject>/<session> /tmp/session",
-        f"  du -sh {m}/{project}",
-        "",
-        f"When done:  xnatfs umount {m}",
-    ])
+def check_projects(client: XnatClient, wanted: list[str]) -> None:
+    """Refuse a --project the server does not show this user: a typo would otherwise mount an
+    empty folder and look like missing data."""
+    ids = sorted(row["ID"] for row in client.listing("/data/projects"))
+    for project in wanted:
+        if project in ids:
+            continue
+        if not ids:
+            raise NotFound(f"no project {project} on {client.base_url}: this user sees none")
+        lower = {i.lower(): i for i in ids}
+        close = difflib.get_close_matches(project.lower(), list(lower), n=1, cutoff=0.6)
+        guess = "did you mean " + lower[close[0]] + "? " if close else ""
+        more = f" and {len(ids) - 10} more" if len(ids) > 10 else ""
+        hint = f"{guess}projects: {', '.join(ids[:10])}{more}"
+        raise NotFound(f"no project {project} on {client.base_url} ({hint})")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from typing import Any
@@ -38,6 +39,7 @@ from xnatfs.errors import (
     NotFound,
     ServerError,
     ServerTimeout,
+    TLSError,
     TransferError,
     UsageError,
     XnatfsError,
@@ -53,10 +55,20 @@ _HTML_START = (b"<!doctype", b"<html")
 RETRY_PAUSES = (0.1, 0.3, 0.9)  # pauses between tries of one request: four tries at most
 GRACE = 1.0  # seconds past a request's timeout that its retries may take, all together
 MAX_LOST = 3  # lost sessions in a row for one request before it gives up (never a lockout)
+# Where XNAT's web pages and REST API begin below its base URL.
+_WEB_PART = re.compile(r"/(?:app|data|REST)/")
+# What OpenSSL says when the other end answers a TLS hello in plain text.
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure",
+            "HTTP_REQUEST", "http request", "packet length too long")
 
 
 def normalise_base_url(url: str) -> str:
-    """``https://host[:port][/context]`` without a trailing slash, or a UsageError."""
+    """``https://host[:port][/context]`` without a trailing slash, or a UsageError.
+
+    No scheme means https: a password never goes out in clear unless the user wrote http://.
+    An address copied from a browser (``.../xnat/app/template/Index.vm``) or a REST URL
+    (``.../xnat/data/projects/P``) is cut back to the base, where xnatpy's rule cuts it.
+    """
     url = url.strip()
     if "://" not in url:
         url = "https://" + url
@@ -72,7 +84,8 @@ def normalise_base_url(url: str) -> str:
         parts.port  # noqa: B018 - validates the port
     except ValueError:
         raise UsageError(f"bad port in URL: {url!r}") from None
-    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+    path = _WEB_PART.split(parts.path, maxsplit=1)[0]
+    return f"{parts.scheme}://{parts.netloc}{path.rstrip('/')}"
 
 
 def encode_path(path: str) -> str:
@@ -122,7 +135,8 @@ class XnatClient:
         self.session.trust_env = False
         self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
         self.session.verify = False if insecure else (
-            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True)
+            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
+            or os.environ.get("CURL_CA_BUNDLE") or True)
         self.session.headers.update({
             "User-Agent": f"xnatfs/{__version__} python-requests/{requests.__version__}",
             "Accept": "*/*",
@@ -142,8 +156,13 @@ class XnatClient:
         """Open the shared JSESSION (or check that guest / the given JSESSIONID works)."""
         if self.credentials.user is not None:
             self._login()
-        else:
+            return
+        try:
             self.request("GET", "/data/projects", params={"format": "json"}, expect_json=True)
+        except Forbidden:
+            raise
+        except NotFound:
+            raise self._not_xnat("HTTP 404 for /data/projects") from None
 
     def _login(self) -> None:
         creds = self.credentials
@@ -157,9 +176,25 @@ class XnatClient:
                 " (wrong password or token; XNAT locks accounts after repeated failures)"
             )
             raise self._auth_failure
-        if resp.status_code != 200 or _looks_html(resp.content[:64]):
+        if resp.status_code in (404, 405, 501):
+            raise self._not_xnat(f"HTTP {resp.status_code} for its login, /data/JSESSION")
+        if resp.status_code == 200 and _looks_html(resp.content[:64]):
+            raise self._not_xnat("its login, /data/JSESSION, answered with a web page; on a "
+                                 "single sign-on site, use --jsession")
+        if resp.status_code != 200:
             raise ServerError(f"login failed at {self.base_url}: HTTP {resp.status_code}")
         self._generation += 1
+
+    def _not_xnat(self, why: str) -> UsageError:
+        """The URL reaches a web server, but not XNAT's REST API: say what the base URL is."""
+        parts = urlsplit(self.base_url)
+        if parts.path:
+            hint = (f"is XNAT's base URL {parts.scheme}://{parts.netloc}, or another part of "
+                    f"{parts.path}?")
+        else:
+            hint = f"if XNAT lives below a path, give it, e.g. {self.base_url}/xnat"
+        return UsageError(f"{self.base_url} does not look like an XNAT server ({why}); {hint} "
+                          "(the base URL is what a browser shows before /app/ or /data/)")
 
     def _relogin(self, seen_generation: int) -> None:
         """Log in again once for everybody who saw the session die at ``seen_generation``."""
@@ -174,9 +209,9 @@ class XnatClient:
                     f"{self.base_url} refused the {what}; log in again or pass -u USER"
                 )
                 raise self._auth_failure
-            log.warning("the XNAT session was lost; logging in again")
             self.session.cookies.clear()
             self._login()
+            log.warning("the session at %s had ended: logged in again", self.base_url)
 
     def close(self) -> None:
         self.session.close()
@@ -198,10 +233,8 @@ class XnatClient:
         that failed on the way (only the first should make a caller stop trying)."""
         try:
             return self.session.request(method, self.url(path), **kw)
-        except requests.exceptions.SSLError:
-            raise ConnectError(
-                f"TLS certificate check failed for {self.base_url} (use --insecure to skip it)"
-            ) from None
+        except requests.exceptions.SSLError as exc:
+            raise self._tls_error(_reason(exc)) from None
         except requests.ConnectTimeout as exc:
             raise ConnectError(f"cannot reach {self.base_url}: {_reason(exc)}") from None
         except requests.ReadTimeout:
@@ -239,8 +272,9 @@ class XnatClient:
 
     @staticmethod
     def check_status(status: int, path: str, *, login: bool = False) -> None:
-        """Map 5xx (transient) and 403/404 to our errors; 401 is the caller's to handle."""
-        if status >= 500:
+        """Map 5xx (transient) and 403/404 to our errors; 401 is the caller's to handle, and so
+        is, for a login, any other answer (a web server that is not XNAT says 404, 405, 501)."""
+        if status in (500, 502, 503, 504):
             raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
         if login:
             return
@@ -258,6 +292,19 @@ class XnatClient:
             raise AuthError(f"{self.base_url} keeps answering with its login page "
                             f"after {MAX_LOST} fresh logins ({unquote(path)})")
         self._relogin(generation)
+
+    def _tls_error(self, reason: str) -> TLSError:
+        """Name the real cause: a plain-HTTP port, a certificate, or the handshake itself."""
+        reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", reason).rsplit("] ", 1)[-1]
+        if any(sign in reason for sign in _NOT_TLS):
+            plain = "http" + self.base_url[len("https"):]
+            return TLSError(f"{self.base_url} does not speak TLS: that port answers plain HTTP "
+                            f"(use {plain} only if passwords may cross the network unencrypted)")
+        if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
+            return TLSError(f"TLS certificate check failed for {self.base_url}: {reason} (for an "
+                            "institutional CA, set REQUESTS_CA_BUNDLE or SSL_CERT_FILE to its "
+                            "certificate file; --insecure skips the check)")
+        return TLSError(f"TLS handshake with {self.base_url} failed: {reason}")
 
     def request(
         self,

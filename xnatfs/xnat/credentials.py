@@ -2,9 +2,12 @@
 
 The order follows what XNAT users already do with xnatpy and the XNAT Downloader: an explicit
 ``-u USER`` (password prompted, never taken from argv) or ``--jsession``; then the environment
-(``XNAT_USER``/``XNAT_PASS``, ``XNAT_JSESSION``); then ``~/.netrc`` for the host; else guest.
-An alias token (``alias:secret`` from XNAT's "Manage Alias Tokens") is just a user/password pair
-and works from every source.
+(``XNAT_USER``/``XNAT_PASS``, ``XNAT_JSESSION``); then the token ``xnatfs login`` stored for the
+server; then ``~/.netrc`` for the host; else guest. An alias token (``alias:secret`` from XNAT's
+"Manage Alias Tokens") is just a user/password pair and works from every source.
+
+A stored token known to have expired ends here, before any request: a refused login counts
+toward XNAT's account lockout, and the user needs ``xnatfs login`` either way.
 """
 
 from __future__ import annotations
@@ -18,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from xnatfs.account import store
 from xnatfs.errors import UsageError
+
+STORED = "stored login"
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,10 @@ def resolve_credentials(
     env: Mapping[str, str] | None = None,
     prompt: Callable[[str], str] | None = None,
     can_prompt: bool | None = None,
+    stored: bool = True,
 ) -> Credentials:
-    """Pick credentials for ``url`` from the sources above, in order."""
+    """Pick credentials for ``url`` (a normalised base URL) from the sources above, in order;
+    ``stored=False`` skips the stored login (``xnatfs login`` itself)."""
     env = os.environ if env is None else env
     host = urlsplit(url).hostname or ""
     netrc_path = env.get("NETRC")
@@ -71,6 +79,8 @@ def resolve_credentials(
     if user:
         if env.get("XNAT_PASS") and env.get("XNAT_USER", user) == user:
             return Credentials(user, env["XNAT_PASS"], source="environment")
+        if stored and (login := _stored_login(url, user)):
+            return login
         entry = _netrc_entry(host, netrc_path)
         if entry and entry[0] == user:
             return Credentials(user, entry[1], source="netrc")
@@ -87,7 +97,18 @@ def resolve_credentials(
         return Credentials(env["XNAT_USER"], env["XNAT_PASS"], source="environment")
     if env.get("XNAT_JSESSION"):
         return Credentials(jsession=env["XNAT_JSESSION"], source="environment")
+    if stored and (login := _stored_login(url, None)):
+        return login
     entry = _netrc_entry(host, netrc_path)
     if entry:
         return Credentials(entry[0], entry[1], source="netrc")
     return Credentials()
+
+
+def _stored_login(url: str, user: str | None) -> Credentials | None:
+    login = store.load(url)
+    if login is None or (user is not None and login.user != user):
+        return None
+    if login.expired():
+        raise login.expired_error()
+    return Credentials(login.alias, login.secret, source=STORED)

@@ -1,0 +1,171 @@
+"""The REST client against the emulator: login, re-login, HTML pages, Range and its fallback."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnatfs.errors import AuthError, ConnectError, IntegrityError, NotFound
+from xnatfs.xnat.client import XnatClient
+from xnatfs.xnat.credentials import Credentials
+
+SPEC = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=2, dicoms=3, dicom_size=2048,
+                     niftis=1, nifti_size=3 << 20, hostile=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def archive():
+    return synthetic_archive(SPEC)
+
+
+@pytest.fixture
+def emu(archive):
+    with Emulator(archive, EmulatorConfig(), users={"alice": "secret"}) as server:
+        yield server
+
+
+def client_for(emu, user="alice", password="secret", **kw) -> XnatClient:
+    return XnatClient(emu.url, Credentials(user, password, source="test"), **kw)
+
+
+def logins(emu) -> int:
+    return emu.log.count(method="POST", path_prefix="/data/JSESSION")
+
+
+def test_login_once_and_share_the_session(emu):
+    with client_for(emu) as client:
+        client.login()
+        client.listing("/data/projects")
+        client.listing("/data/projects")
+    assert logins(emu) == 1
+
+
+def test_wrong_password_fails_once_and_never_again_on_the_wire(emu):
+    client = client_for(emu, password="wrong")
+    with pytest.raises(AuthError, match="login refused for user alice"):
+        client.login()
+    sent = len(emu.log.records())
+    with pytest.raises(AuthError):
+        client.listing("/data/projects")
+    assert len(emu.log.records()) == sent
+    assert "wrong" not in str(client.credentials)
+
+
+def test_expired_session_renews_silently(emu):
+    with client_for(emu) as client:
+        client.login()
+        emu.expire_sessions()
+        assert client.listing("/data/projects")
+    assert logins(emu) == 2  # the login, then one re-login when the session was refused
+    turned_away = emu.log.select(path_prefix="/data/projects", status=401)
+    assert len(turned_away) == 1 and emu.log.count(path_prefix="/data/projects", status=200) == 1
+
+
+def test_html_login_page_is_an_auth_failure_not_data(emu):
+    emu.config.session_timeout = 0.5
+    emu.config.html_login_on_expiry = True
+    with client_for(emu) as first:
+        first.login()
+        jsession = first.session.cookies.get("JSESSIONID")
+    time.sleep(0.8)
+    client = XnatClient(emu.url, Credentials(jsession=jsession, source="test"))
+    with pytest.raises(AuthError, match="refused the JSESSIONID"):
+        client.listing("/data/projects")
+
+
+def _some_files(archive, n=50):
+    return [f for f in archive.files() if not f.missing][:n]
+
+
+def test_every_listed_name_downloads_by_its_uri(emu, archive):
+    """Spaces, +, %, #, non-ASCII and sub-folders all survive URL encoding."""
+    with client_for(emu) as client:
+        for f in _some_files(archive, 1000):
+            end = min(f.size, 300)
+            assert client.fetch_range(f.uri, 0, end) == f.read(0, end), f.uri
+
+
+def test_range_is_checked_and_served_from_206(emu, archive):
+    big = max(_some_files(archive, 1000), key=lambda f: f.size)
+    with client_for(emu) as client:
+        emu.log.clear()
+        assert client.fetch_range(big.uri, 1000, 5000) == big.read(1000, 4000)
+        with client.open_file(big.uri, 10, 20) as body:
+            assert body.ranged and body.start == 10 and body.total == big.size
+    assert emu.log.count(status=206) == 2
+
+
+def test_rangeless_server_falls_back_to_a_streamed_full_get(emu, archive):
+    emu.config.range_enabled = False
+    big = max(_some_files(archive, 1000), key=lambda f: f.size)
+    with client_for(emu) as client:
+        assert client.fetch_range(big.uri, 2 << 20, (2 << 20) + 777) == \
+            big.read(2 << 20, 777)
+        with client.open_file(big.uri, 5, 10) as body:
+            assert not body.ranged and body.start == 0 and body.length == big.size
+
+
+def test_truncated_bodies_raise_integrity_errors(emu, archive):
+    big = max(_some_files(archive, 1000), key=lambda f: f.size)
+    emu.config.truncate_rate = 1.0
+    with client_for(emu, retries=0) as client, pytest.raises(IntegrityError):
+        client.fetch_range(big.uri, 0, big.size)
+
+
+def test_missing_objects_are_not_found(emu):
+    with client_for(emu) as client, pytest.raises(NotFound):
+        client.listing("/data/projects/NOPE/subjects")
+
+
+def test_unreachable_server_is_one_line():
+    client = XnatClient("http://127.0.0.1:9", Credentials("a", "b"), connect_timeout=2,
+                        retries=0)
+    with pytest.raises(ConnectError) as info:
+        client.login()
+    assert "\n" not in str(info.value) and "cannot reach http://127.0.0.1:9" in str(info.value)
+
+
+def test_context_path_is_joined_to_listing_uris(archive):
+    cfg = EmulatorConfig(context_path="/xnat")
+    with Emulator(archive, cfg, users={"alice": "secret"}) as emu:
+        assert emu.url.endswith("/xnat")
+        f = _some_files(archive, 1)[0]
+        with client_for(emu) as client:
+            assert client.fetch_range(f.uri, 0, 10) == f.read(0, 10)
+
+
+
+def test_one_relogin_for_all_threads_even_with_a_netrc_entry(emu, tmp_path, monkeypatch):
+    """requests sends a ~/.netrc password on every request unless told otherwise; with it,
+    each request in flight at expiry would open an XNAT session of its own."""
+    host = emu.url.split("//", 1)[1].split(":", 1)[0]
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine {host} login alice password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    opened = []
+    open_session = emu.auth.open_session
+    emu.auth.open_session = lambda *a: opened.append(a) or open_session(*a)
+    with client_for(emu) as client:
+        client.login()
+        emu.expire_sessions()
+        emu.config.latency = 0.3  # the four requests overlap
+        threads = [threading.Thread(target=client.listing, args=("/data/projects",))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(opened) == 2  # the first login, then one shared re-login
+
+
+def test_an_alias_token_logs_in_as_its_user(emu):
+    """SSO sites: a token from 'Manage Alias Tokens' is a user/password pair for xnatfs."""
+    alias, secret = emu.issue_token("alice")
+    with client_for(emu, user=alias, password=secret) as client:
+        client.login()
+        assert client.listing("/data/projects")
+    assert {r.user for r in emu.log.records() if r.path == "/data/projects"} == {"alice"}

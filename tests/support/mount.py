@@ -1,0 +1,105 @@
+"""Real FUSE mounts for the tests: ``xnatfs mount -f`` in a child process against an emulator,
+always unmounted at teardown (the ``mount`` fixture in ``tests.support.fixtures``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.oracle import PASSWORD
+from xnatfs.mount.host import is_mounted
+
+FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
+needs_fuse = pytest.mark.skipif(
+    not (os.path.exists("/dev/fuse") and FUSERMOUNT), reason="needs /dev/fuse and fusermount3")
+
+
+def xnatfs(*args: str, password: str = "secret", env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the ``xnatfs`` command line to completion."""
+    return subprocess.run([sys.executable, "-m", "xnatfs", *args], capture_output=True,
+                          text=True, env={**(env or os.environ), "XNAT_PASS": password},
+                          timeout=timeout, check=False)
+
+
+def one_line(text: str) -> str:
+    """The one ``xnatfs: ...`` line a refused command must print (no traceback)."""
+    lines = text.strip().splitlines()
+    assert len(lines) == 1, text
+    assert lines[0].startswith("xnatfs: ") and "Traceback" not in text
+    return lines[0]
+
+
+def unmount(path: str) -> None:
+    """Unmount, lazily if it stays busy; never raises."""
+    for flags in (["-u"], ["-uz"]):
+        if not is_mounted(path):
+            return
+        subprocess.run([FUSERMOUNT or "fusermount3", *flags, path], capture_output=True,
+                       check=False)
+        for _ in range(50):
+            if not is_mounted(path):
+                return
+            time.sleep(0.05)
+
+
+@dataclass
+class Mount:
+    """One ``xnatfs mount -f`` process and its mount point."""
+
+    url: str
+    path: str
+    cache_dir: str
+    args: tuple[str, ...] = ()
+    user: str = "alice"
+    process: subprocess.Popen[bytes] | None = None
+    log: Path = field(default_factory=lambda: Path(tempfile.mktemp(suffix=".log")))
+
+    def start(self) -> Mount:
+        env = {**os.environ, "XNAT_PASS": PASSWORD[self.user]}
+        cmd = [sys.executable, "-m", "xnatfs", "-v", "mount", self.url, self.path,
+               "-u", self.user, "--cache-dir", self.cache_dir, "-f", *self.args]
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(cmd, env=env, stderr=log, stdout=log)
+        deadline = time.monotonic() + 20
+        while not is_mounted(self.path):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mount did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+        os.stat(self.path)  # returns once the file system answers
+        return self
+
+    def stop(self) -> int | None:
+        unmount(self.path)
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGKILL)
+            return self.process.wait()
+
+    def __truediv__(self, rel: str) -> Path:
+        return Path(self.path) / rel
+
+
+def tree_of(root: str | Path) -> dict[str, str]:
+    """Every path below ``root`` (relative), as 'dir' or 'file'."""
+    out: dict[str, str] = {}
+    for where, dirs, files in os.walk(root):
+        rel = os.path.relpath(where, root)
+        for name in dirs:
+            out[os.path.normpath(os.path.join(rel, name))] = "dir"
+        for name in files:
+            out[os.path.normpath(os.path.join(rel, name))] = "file"
+    return out

@@ -1,0 +1,127 @@
+"""Crash safety (SECURITY.md): materialize killed with SIGKILL at random moments and rerun;
+a mount killed with SIGKILL leaves a chunk cache whose damaged entries are refetched, never
+served."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.mount import Mount, needs_fuse, unmount
+from tests.support.oracle import Oracle, is_record, output_files
+from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnatfs.materialize.output import PART_SUFFIX
+
+USERS = {"alice": "secret"}
+FILE = 50_000  # above diskcache's 32 KiB: cached chunks are files of their own
+SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=10, dicom_size=FILE,
+                     niftis=0, assessors=0, session_resources=0, subject_resources=0,
+                     project_resources=0, seed=41)
+pytestmark = pytest.mark.timeout(180)
+
+
+def expected(emu: Emulator) -> dict[str, bytes]:
+    o = Oracle.of(emu)
+    return {p: o.read(p) for p in o.files}
+
+
+def test_sigkill_at_ten_random_moments_then_rerun(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {**os.environ, "XNAT_USER": "alice", "XNAT_PASS": "secret"}
+    rng = random.Random(5)
+    with Emulator(synthetic_archive(SPEC), EmulatorConfig(bandwidth=5e5),
+                  users=USERS) as emu:
+        want = expected(emu)
+        total = sum(map(len, want.values()))
+        emu.log.clear()
+        cmd = [sys.executable, "-m", "xnatfs", "materialize", emu.url, "/", "-o", str(out),
+               "-j", "2"]
+        bad: list[str] = []
+        stop = threading.Event()
+
+        def watch() -> None:  # at every moment, a final name holds the whole, right file
+            while not stop.wait(0.01):
+                for path in out.rglob("*"):
+                    if path.is_file() and not path.name.endswith(PART_SUFFIX) and \
+                            not is_record(path, out):
+                        rel = str(path.relative_to(out))
+                        if rel not in want:
+                            bad.append(f"{rel} is no tree file")
+                            continue
+                        try:
+                            if path.read_bytes() != want[rel]:
+                                bad.append(rel)
+                        except FileNotFoundError:
+                            bad.append(f"{rel} vanished")
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        kills = 0
+        try:
+            for _ in range(10):
+                proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                before = emu.log.bytes_sent(kind="file")
+                # Kill once some bytes flowed, at a random point of the rest of the run.
+                deadline = time.monotonic() + 20
+                while emu.log.bytes_sent(kind="file") == before and proc.poll() is None \
+                        and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                time.sleep(rng.uniform(0.0, 0.15))
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGKILL)
+                    kills += 1
+                proc.wait()
+            final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60,
+                                   check=False)
+        finally:
+            stop.set()
+            watcher.join()
+        fetched = emu.log.bytes_sent(kind="file")
+    assert final.returncode == 0, final.stderr
+    assert kills >= 8  # the run was really interrupted, again and again
+    assert bad == []
+    have = {rel: p.read_bytes() for rel, p in output_files(out).items()}
+    assert have == want  # byte-identical, and no part file left
+    # Each kill may lose the files in flight (-j 2), never what was already written.
+    assert total <= fetched <= total + kills * 2 * FILE
+
+
+@needs_fuse
+@pytest.mark.fuse
+def test_a_damaged_cache_after_sigkill_is_refetched_not_served(
+        mount: Callable[..., Mount], tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    with Emulator(synthetic_archive(SPEC), EmulatorConfig(), users=USERS) as emu:
+        want = expected(emu)
+        first = mount(emu, cache_dir=str(cache))
+        for path, data in want.items():
+            assert (first / path).read_bytes() == data
+        assert first.process is not None
+        deadline = time.monotonic() + 10  # chunks reach the disk after their readers have them
+        while len(list(cache.rglob("*.val"))) < len(want) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        first.process.send_signal(signal.SIGKILL)  # no clean shutdown of the cache
+        first.process.wait()
+        unmount(first.path)
+        values = sorted(cache.rglob("*.val"))
+        assert len(values) == len(want)
+        flipped, halved = values[0], values[1]
+        data = bytearray(flipped.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        flipped.write_bytes(bytes(data))
+        os.truncate(halved, halved.stat().st_size // 2)  # a write cut short
+        emu.log.clear()
+        second = mount(emu, cache_dir=str(cache))
+        for path, data in want.items():
+            assert (second / path).read_bytes() == data, path
+        assert emu.log.count(kind="file") == 2  # exactly the two damaged chunks, refetched

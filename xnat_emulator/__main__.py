@@ -1,0 +1,3 @@
+from xnat_emulator.cli import main
+
+raise SystemExit(main())

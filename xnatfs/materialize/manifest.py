@@ -1,0 +1,205 @@
+"""What materialize wrote into DIR, kept in DIR: the manifest and ``MD5SUMS``.
+
+``DIR/.xnatfs/manifest.jsonl`` holds one JSON object per line; a later line about a path
+replaces every earlier one, and a torn last line (a SIGKILL mid-write) is ignored:
+
+    {"path": "P1/S1/S1_MR1/scans/1-T1w/resources/DICOM/files/1.dcm", "size": 2048,
+     "md5": "...", "md5_from": "server", "uri": "/data/experiments/XNAT_E00001/scans/1/...",
+     "fetched": "2026-11-30T06:30:00Z", "context": {"project": "P1", "subject": "S1",
+     "session": "S1_MR1", "session_id": "XNAT_E00001", "scan_id": "1", "resource": "DICOM", ...}}
+    {"path": "...", "forget": true}
+
+``md5_from`` is ``server`` when the listing gave the digest the bytes were checked against,
+``local`` when the server listed none (XNAT leaves it empty until a catalog refresh) and the
+MD5 was computed while writing. ``forget`` says the file is no longer one xnatfs vouches for:
+it is written before a file is replaced or deleted, and the new entry only after the rename.
+So at every moment each entry describes bytes that are in DIR under its path, and a file in
+DIR without an entry (a kill between rename and record) is hashed and adopted by the next run.
+
+Lines are appended with one ``write`` under a shared lock (several shards of one job array
+append at once); ``finish`` rewrites the file compactly and ``DIR/MD5SUMS`` beside it under the
+exclusive lock, each through a rename, so ``md5sum -c MD5SUMS`` passes after every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from xnatfs.errors import write_error
+from xnatfs.tree.model import Context
+
+META_DIR = ".xnatfs"
+MANIFEST = "manifest.jsonl"
+MD5SUMS = "MD5SUMS"
+_LOCK = "manifest.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file xnatfs wrote: enough to tell later whether the server's copy changed, whether
+    the local one is intact, and whether the current selection covers it."""
+
+    path: str
+    size: int
+    md5: str
+    md5_from: str
+    uri: str
+    fetched: str
+    context: dict[str, str]
+
+    def selection_context(self) -> Context:
+        fields = {f.name for f in dataclasses.fields(Context)}
+        return Context(**{k: v for k, v in self.context.items() if k in fields})
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
+
+
+def entry_for(path: str, size: int, md5: str, *, from_server: bool, uri: str,
+              context: Context) -> Entry:
+    ctx = {k: v for k, v in dataclasses.asdict(context).items() if v}
+    fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return Entry(path, size, md5, "server" if from_server else "local", uri, fetched, ctx)
+
+
+def meta_dir(root: str) -> str:
+    return os.path.join(root, META_DIR)
+
+
+def exists(root: str) -> bool:
+    return os.path.isfile(os.path.join(meta_dir(root), MANIFEST))
+
+
+def read_entries(root: str) -> dict[str, Entry]:
+    """The manifest as path -> entry (empty when there is none)."""
+    entries: dict[str, Entry] = {}
+    try:
+        with open(os.path.join(meta_dir(root), MANIFEST), encoding="utf-8") as f:
+            for line in f:
+                if not line.endswith("\n"):
+                    break  # torn by a kill mid-write
+                try:
+                    doc = json.loads(line)
+                    if doc.get("forget"):
+                        entries.pop(doc["path"], None)
+                    else:
+                        entries[doc["path"]] = Entry(**doc)
+                except (ValueError, TypeError, KeyError):
+                    continue
+    except FileNotFoundError:
+        pass
+    return entries
+
+
+def md5sum_line(md5: str, path: str) -> str:
+    """A line of md5sum's format; names with a backslash or newline are escaped as md5sum
+    escapes them (a leading backslash marks the line)."""
+    if "\\" in path or "\n" in path or "\r" in path:
+        escaped = path.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+        return f"\\{md5}  {escaped}\n"
+    return f"{md5}  {path}\n"
+
+
+class Manifest:
+    """The manifest of one output folder, open for a run. Thread-safe."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.dir = meta_dir(root)
+        self.path = os.path.join(self.dir, MANIFEST)
+        self._lock = threading.Lock()
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(self.dir, _LOCK),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise write_error(exc, self.dir) from None
+        self.entries = read_entries(root)
+
+    def get(self, path: str) -> Entry | None:
+        with self._lock:
+            return self.entries.get(path)
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        with self._lock:
+            return iter(sorted(self.entries.items()))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self.entries)
+
+    def record(self, entry: Entry) -> None:
+        """Call right after the file's rename into place."""
+        self._append(entry.to_json())
+        with self._lock:
+            self.entries[entry.path] = entry
+
+    def forget(self, path: str) -> None:
+        """Call before the file at ``path`` is replaced or removed."""
+        with self._lock:
+            if path not in self.entries:
+                return
+        self._append(json.dumps({"path": path, "forget": True}, ensure_ascii=False))
+        with self._lock:
+            self.entries.pop(path, None)
+
+    def _append(self, line: str) -> None:
+        data = (line + "\n").encode("utf-8", "surrogatepass")
+        with self._lock:
+            if self._lock_fd < 0:  # a straggler after the run closed it: the next run adopts
+                return
+            fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                             0o644)
+                try:
+                    os.write(fd, data)  # one write: concurrent appenders never interleave
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise write_error(exc, self.path) from None
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def finish(self) -> None:
+        """Rewrite the manifest without replaced lines, and MD5SUMS from it. Entries other
+        runs (shards) appended meanwhile are read back first, so none is lost."""
+        with self._lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                self.entries = read_entries(self.root)
+                entries = sorted(self.entries.values(), key=lambda e: e.path)
+                self._replace(self.path, "".join(e.to_json() + "\n" for e in entries))
+                self._replace(os.path.join(self.root, MD5SUMS),
+                              "".join(md5sum_line(e.md5, e.path) for e in entries))
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+                self._lock_fd = -1
+
+    def _replace(self, path: str, text: str) -> None:
+        # The temporary copy goes in the records' folder (same file system, so the rename is
+        # atomic): a kill mid-write leaves no stray file among the user's data in DIR.
+        tmp = os.path.join(self.dir, f"{os.path.basename(path)}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise write_error(exc, path) from None

@@ -211,11 +211,13 @@ def test_writes_are_refused(emulator: Emulator, tmp_path: Path) -> None:
         assert info.value.errno == errno.EROFS and "read-only" in str(info.value)
 
 
-def test_errors_are_real_failures(emulator: Emulator, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_errors_are_real_failures_and_name_no_secret(emulator: Emulator, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused credentials and an unreachable server raise; they are never 'not found'."""
-    with pytest.raises(PermissionError, match="login refused"):
-        connect(emulator, tmp_path, password="wrong").ls("")
+    refused = connect(emulator, tmp_path, password="wrong-Pa55")
+    with pytest.raises(PermissionError, match="login refused") as info:
+        refused.ls("")
+    assert "wrong-Pa55" not in f"{info.value} {info.value.__cause__} {refused!r} {refused}"
     gone = fsspec.filesystem("xnat", url="http://127.0.0.1:9", cache_dir=str(tmp_path / "c"),
                              skip_instance_cache=True)
     with pytest.raises(OSError, match="cannot reach"):
@@ -227,6 +229,7 @@ def test_errors_are_real_failures(emulator: Emulator, tmp_path: Path,
     fs = fsspec.filesystem("xnat", cache_dir=str(tmp_path / "c"), skip_instance_cache=True)
     assert fs.ls("", detail=False) == ["PROJ01", "PROJ02"]
     assert emulator.log.count(method="POST", path_prefix="/data/JSESSION", status=200) == 1
+    assert b"secret" not in pickle.dumps(fs)  # found again in each process, never shipped
 
 
 def test_get_is_materialize(emulator: Emulator, tmp_path: Path) -> None:

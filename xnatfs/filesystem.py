@@ -7,11 +7,12 @@ read here are not fetched again by a mount or by ``materialize``, nor the other 
 ``get`` is ``materialize``'s engine: parallel, resumable, verified.
 
 A filesystem object holds only its options. The connection, the tree and the cache are built
-on first use, once per process (fsspec keeps one instance per set of options), so pickling
-sends options, never sockets or threads, and each Dask or Ray worker logs in once. A process
-forked after first use builds its own. Errors become the built-in exceptions fsspec callers
-expect (FileNotFoundError, PermissionError, OSError with the errno), with the xnatfs error as
-their cause; the archive is read-only, and every write says so.
+on first use, once per process and set of options (fsspec makes an instance per thread, and
+one each time a worker unpickles), so pickling sends options, never sockets or threads, and
+each Dask or Ray worker process logs in once. A process forked after first use builds its own.
+Errors become the built-in exceptions fsspec callers expect (FileNotFoundError,
+PermissionError, OSError with the errno), with the xnatfs error as their cause; the archive
+is read-only, and every write says so.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from glob import has_magic
 from typing import Any
@@ -31,7 +32,7 @@ from typing import Any
 from fsspec.callbacks import DEFAULT_CALLBACK, Callback
 from fsspec.implementations.local import make_path_posix, trailing_sep
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
-from fsspec.utils import other_paths
+from fsspec.utils import other_paths, stringify_path
 
 from xnatfs.errors import AuthError, Forbidden, NotFound, UsageError, XnatfsError
 from xnatfs.tree.model import Node, RemoteFile, Tree, split_path
@@ -50,8 +51,8 @@ _CONTEXT_KEYS = ("project", "subject", "session", "session_id", "xsi_type", "sca
 class _Options:
     url: str
     user: str | None
-    password: str | None
-    jsession: str | None
+    password: str | None = field(repr=False)
+    jsession: str | None = field(repr=False)
     cache_dir: str | None
     cache_size: int
     ttl: float
@@ -96,9 +97,6 @@ class _Reader:
                 break
         return b"".join(parts)
 
-    def close(self) -> None:
-        self.fetcher.close()
-        self.cache.close()
 
 
 class _Stack:
@@ -226,7 +224,7 @@ class XnatFileSystem(AbstractFileSystem):
     def _strip_protocol(cls, path: Any) -> Any:
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
-        path = make_path_posix(path) if not isinstance(path, str) else path
+        path = stringify_path(path)
         for prefix in ("xnat://", "xnat::"):
             if path.startswith(prefix):
                 path = path[len(prefix):]

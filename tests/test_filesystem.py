@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -344,7 +345,8 @@ def test_dask_cluster_hashes_a_project(make_emulator: Callable[..., Emulator], t
 # -- without FUSE, and with it ---------------------------------------------------------------
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a private mount namespace")
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare for a private mount namespace")
 def test_works_where_fuse_is_missing(emulator: Emulator, tmp_path: Path,
                                      oracle: Callable) -> None:  # noqa: F811
     path = next(p for p in oracle(emulator).files if p.endswith(".nii.gz"))

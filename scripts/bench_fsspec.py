@@ -10,7 +10,8 @@ Figures (issue 9, "Performance"):
   400 Mbit/s): ``cat_file`` of one large file, and ``get`` of a session of many files, each
   against the link limit (bytes / bandwidth); the targets are 1.1x;
 * loopback: the same two, against the mount on the same server (``dd`` of the file, ``cp -r``
-  of the session, each through a fresh mount); the target is 1.2x.
+  of the session, each through a fresh mount); the target is 1.2x. Also ``open`` and 1 MiB
+  reads to the end, which is what ``dd`` does (``cat_file`` also builds one bytes object).
 
 The emulator runs in its own process (bench_materialize's ``Server``), the filesystem in this
 one, the mount in its own (bench_mount's ``mounted``); every run starts with an empty chunk
@@ -99,6 +100,10 @@ def main() -> int:
         row(f"loopback: cat_file, {human(args.size)}", mbps(args.size / t),
             "mount, dd: " + (mbps(args.size / mount) if mount else "skipped"),
             f"{t / mount:.2f}x the mount's time" if mount else "")
+        t = median([cold(url, stream, path) for _ in range(args.runs)])
+        row(f"loopback: open + read(1 MiB) to the end, {human(args.size)}",
+            mbps(args.size / t), "mount, dd: " + (mbps(args.size / mount) if mount else "skipped"),
+            f"{t / mount:.2f}x the mount's time" if mount else "")
     with serve(session_spec(args), []) as url:
         total, session = session_of(url)
         t = median([cold(url, get_into(total), session) for _ in range(args.runs)])
@@ -158,6 +163,14 @@ def cold(url: str, operation: Callable[[fsspec.AbstractFileSystem, str], object]
         return time.perf_counter() - start
     finally:
         shutil.rmtree(cache)
+
+
+def stream(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """What dd does on the mount: 1 MiB reads into nothing (cat_file must also build the
+    whole file as one bytes object)."""
+    with fs.open(path) as f:
+        while f.read(1 << 20):
+            pass
 
 
 def check_len(data: bytes, size: int) -> None:

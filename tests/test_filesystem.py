@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -229,6 +230,11 @@ def test_errors_are_real_failures_and_name_no_secret(emulator: Emulator, tmp_pat
     monkeypatch.setenv("XNAT_PASS", "secret")
     fs = fsspec.filesystem("xnat", cache_dir=str(tmp_path / "c"), skip_instance_cache=True)
     assert fs.ls("", detail=False) == ["PROJ01", "PROJ02"]
+    # fsspec makes an instance per thread; the process still logs in once.
+    other = threading.Thread(target=lambda: fsspec.filesystem(
+        "xnat", cache_dir=str(tmp_path / "c")).ls("PROJ01"))
+    other.start()
+    other.join()
     assert emulator.log.count(method="POST", path_prefix="/data/JSESSION", status=200) == 1
     assert b"secret" not in pickle.dumps(fs)  # found again in each process, never shipped
 

@@ -70,6 +70,9 @@ class Options:
     """Remove files gone from the server (only those the manifest says xnatfs wrote)."""
     retry_rounds: int = 2
     retry_pause: float = 5.0
+    records: bool = True
+    """Keep the manifest, MD5SUMS and the lock in DIR (False: a plain copy, for callers such
+    as the fsspec filesystem's ``get`` that own the destination's layout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +214,9 @@ class Engine:
 
     def _open_output(self, selection: Selection) -> None:
         self._created = self.output.create()
+        if not self.options.records:
+            self.manifest = _NoRecords()  # type: ignore[assignment]
+            return
         self._dirlock = DirLock(self.output.root, selection.shard,
                                 lambda text: print(f"xnatfs: {text}", file=self.report.stream,
                                                    flush=True))
@@ -220,7 +226,7 @@ class Engine:
     def _close_output(self) -> None:
         """Compact the manifest and write MD5SUMS. A run that has recorded nothing leaves
         no records (nor an MD5SUMS over a user's own), and no folder if it made it."""
-        if self.manifest is None:
+        if self.manifest is None or isinstance(self.manifest, _NoRecords):
             return
         try:
             if not len(self.manifest) and not manifest_file.exists(self.output.root):
@@ -422,6 +428,25 @@ class Engine:
         self.report.expect(-unwritten)
         self.report.finished(Result(planned.path, Outcome.FAILED, planned.file.size or 0,
                                     reason=str(exc)))
+
+
+class _NoRecords:
+    """A manifest that keeps nothing (``Options.records`` False)."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def get(self, path: str) -> None:
+        return None
+
+    def items(self) -> list[tuple[str, manifest_file.Entry]]:
+        return []
+
+    def record(self, entry: manifest_file.Entry) -> None:
+        pass
+
+    def forget(self, path: str) -> None:
+        pass
 
 
 class _ReadOnlyManifest:

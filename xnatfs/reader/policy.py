@@ -5,11 +5,12 @@ the scheduler (``readahead.Readahead``) only carries out what it says. The shape
 mountpoint-s3's and rclone's, sized to the links xnatfs meets:
 
 * The window (chunks fetched ahead of the reader) starts at zero, so a program that reads a
-  header and stops costs one chunk.
-* The first read that continues the previous one opens it at once to ``first`` chunks (16 MiB
-  with 4 MiB chunks: a high-latency link needs several requests in flight from the start, or
-  the first tens of megabytes go at one request's speed), and each later step into a new chunk
-  doubles it, up to ``maximum``.
+  header and stops costs one chunk, even in several small reads (nibabel, pydicom).
+* Once a run of sequential reads has covered a quarter of a chunk (1 MiB: one read of ``cp``
+  or ``dd``, or a reader that clearly streams) or crossed into the next chunk, the window opens
+  at once to ``first`` chunks (16 MiB with 4 MiB chunks: a high-latency link needs several
+  requests in flight from the start, or the first tens of megabytes go at one request's
+  speed), and each later step into a new chunk doubles it, up to ``maximum``.
 * A read that is not within ``tolerance`` of the furthest point reached is a seek: the window
   closes and the fetches not yet started are dropped. Kernel readahead sends several reads at
   once through several FUSE threads, so they arrive slightly out of order; the tolerance (four
@@ -54,6 +55,7 @@ class Window:
         self.tolerance = tolerance * chunk_size
         self.size = 0  # chunks ahead now
         self._end: int | None = None  # furthest byte read so far
+        self._start = 0  # where the present run of sequential reads began
         self._ahead = -1  # furthest chunk scheduled so far
 
     def read(self, offset: int, end: int) -> Plan:
@@ -62,14 +64,17 @@ class Window:
         chunk = (end - 1) // chunk_size
         cancel = False
         if self._end is not None and abs(offset - self._end) <= self.tolerance:
+            crossed = chunk > (self._end - 1) // chunk_size
             if self.size == 0:
-                self.size = self.first
-            elif chunk > (self._end - 1) // chunk_size:
+                if crossed or end - self._start >= chunk_size // 4:
+                    self.size = self.first
+            elif crossed:
                 self.size = min(self.maximum, self.size * 2)
             self._end = max(self._end, end)
         else:
             cancel = self._end is not None
             self.size = 0
+            self._start = offset
             self._end = end
             self._ahead = chunk
         return Plan(cancel, self._spans((self._end - 1) // chunk_size))

@@ -460,7 +460,7 @@ def _materialize(stack: _Stack, paths: tuple[str, ...], root: str,
 
     with _errors(paths[0] if len(paths) == 1 else ""):
         output = Placed(root)
-        report = Counted(output.root, progress=False)
+        report = Counted(output.root, progress=False, interval=0)
         Engine(stack.tree, Source(stack.reader.fetcher), output, report,
                Options(records=False)).run(Selection(paths))
         summary = report.summary()

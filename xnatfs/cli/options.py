@@ -39,15 +39,22 @@ def server_url(args: argparse.Namespace) -> str:
     return default_server_url(getattr(args, "web", None) or getattr(args, "url", None))
 
 
-def open_client(args: argparse.Namespace, url: str | None = None, **options: object) -> XnatClient:
-    """A logged-in client for the server named on the command line."""
-    url = url or server_url(args)
+def make_client(args: argparse.Namespace, url: str, **options: object) -> XnatClient:
+    """A client for the server named on the command line, with its credentials, not yet
+    logged in (``open_client`` logs in; an offline mount starts without)."""
     creds = resolve_credentials(url, args.user, args.jsession)
     if args.insecure:
         print(f"xnatfs: warning: TLS certificate of {url} is not verified", file=sys.stderr)
         # said once above, in our words; urllib3 would repeat it raw on every request
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    client = XnatClient(url, creds, insecure=args.insecure, **options)  # type: ignore[arg-type]
+    return XnatClient(url, creds, insecure=args.insecure, **options)  # type: ignore[arg-type]
+
+
+def open_client(args: argparse.Namespace, url: str | None = None, **options: object) -> XnatClient:
+    """A logged-in client for the server named on the command line."""
+    url = url or server_url(args)
+    client = make_client(args, url, **options)
+    creds = client.credentials
     try:
         log_in(client)
     except ConnectError as exc:

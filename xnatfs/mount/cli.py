@@ -15,10 +15,11 @@ import argparse
 import difflib
 import os
 import subprocess
+import sys
 
-from xnatfs.cli.options import add_connection_options, open_client, server_url
+from xnatfs.cli.options import add_connection_options, make_client, open_client, server_url
 from xnatfs.cli.units import parse_size, positive_float
-from xnatfs.errors import NotFound, UsageError, XnatfsError
+from xnatfs.errors import ConnectError, NotFound, TLSError, UsageError, XnatfsError
 from xnatfs.mount import host
 from xnatfs.xnat.client import XnatClient
 
@@ -87,10 +88,14 @@ def run(args: argparse.Namespace) -> int:
     options = host.fuse_options(args.options)
     host.check_fuse()
     # --timeout bounds every request of the mount, listings included: no FUSE call waits longer
-    client = open_client(args, url, read_timeout=args.timeout,
-                         listing_timeout=args.timeout)  # bad credentials end here
-    if args.project:
-        check_projects(client, args.project)
+    timeouts = {"read_timeout": args.timeout, "listing_timeout": args.timeout}
+    try:
+        client = open_client(args, url, **timeouts)  # bad credentials end here
+    except ConnectError as exc:
+        client = _offline(args, url, exc, timeouts)
+    else:
+        if args.project:
+            check_projects(client, args.project)
     _prepare_log(args, mountpoint)
     where = "" if args.foreground else f" (log: {args.log_file})"
     return serve(args, mountpoint, options, lambda: client,
@@ -148,6 +153,33 @@ def _prepare_log(args: argparse.Namespace, mountpoint: str) -> None:
     args.log_file_given = args.log_file is not None
     if args.log_file_given or not args.foreground:
         args.log_file = logfile.prepare(args.log_file or logfile.default_path(mountpoint))
+
+
+def _offline(args: argparse.Namespace, url: str, exc: ConnectError,
+             timeouts: dict[str, float]) -> XnatClient:
+    """A server that cannot be reached, and a cache that has its listings: mount anyway, on
+    the cache (the tree serves the last listings it kept, the reader the chunks it holds), and
+    let the client log in when the server answers again. Otherwise the error stands."""
+    from xnatfs.reader.chunkcache import ChunkCache, default_cache_dir
+    from xnatfs.tree.stash import Stash
+
+    if isinstance(exc, TLSError):
+        raise exc
+    client = make_client(args, url, **timeouts)
+    directory = args.cache_dir or default_cache_dir()
+    try:
+        cache = ChunkCache(directory, args.cache_size)
+    except OSError:
+        raise exc from None
+    try:
+        known = Stash(cache, client.base_url, client.credentials.user).knows_server()
+    finally:
+        cache.close()
+    if not known:
+        client.close()
+        raise exc
+    print(f"xnatfs: offline: {exc}; serving the cache in {directory}", file=sys.stderr)
+    return client
 
 
 def check_projects(client: XnatClient, wanted: list[str]) -> None:

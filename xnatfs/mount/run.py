@@ -65,6 +65,7 @@ def mount(
     from xnatfs.reader.chunkcache import ChunkCache
     from xnatfs.reader.fetcher import Fetcher
     from xnatfs.tree.model import Tree
+    from xnatfs.tree.stash import Stash
 
     _keep_buffers()
     try:
@@ -73,7 +74,8 @@ def mount(
         raise XnatfsError(f"cannot use the cache folder {exc.filename or args.cache_dir}: "
                           f"{exc.strerror or exc}") from None
     fetcher = Fetcher(client, cache, cache.chunk_size, deadline=args.timeout + GRACE)
-    tree = Tree(client, ttl=args.ttl, projects=getattr(args, "project", None), wait=args.timeout)
+    tree = Tree(client, ttl=args.ttl, projects=getattr(args, "project", None), wait=args.timeout,
+                stash=Stash(cache, client.base_url, client.credentials.user))
     before = os.stat(mountpoint).st_dev
     live = threading.Event()
 

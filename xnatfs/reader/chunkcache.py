@@ -195,7 +195,16 @@ class ChunkCache:
 
     def get(self, file: RemoteFile, index: int) -> bytes | None:
         """The chunk, or None when it is absent or fails its length/CRC check (then dropped)."""
-        key = self._key(file, index)
+        return self._get(self._key(file, index))
+
+    def get_blob(self, key: str) -> bytes | None:
+        """A small value stored with ``put_blob`` (the tree's last listings), checked alike."""
+        return self._get("blob\0" + key)
+
+    def put_blob(self, key: str, data: bytes) -> bool:
+        return self._put("blob\0" + key, data)
+
+    def _get(self, key: str) -> bytes | None:
         try:
             with self._lock:
                 value, tag = self._cache.get(key, read=True, tag=True)
@@ -210,7 +219,7 @@ class ChunkCache:
             log.warning("chunk cache read failed: %s", exc)
             return None
         if tag != _tag(data):
-            log.warning("dropping a damaged cache entry for %s chunk %d", file.uri, index)
+            log.warning("dropping a damaged cache entry (%s)", key.replace("\0", " "))
             self._delete(key)
             return None
         return data
@@ -226,6 +235,9 @@ class ChunkCache:
     def put(self, file: RemoteFile, index: int, data: bytes) -> bool:
         """Store a chunk; False when it is not cached (no room above the free-disk floor, no
         room under the limit at all, or a disk error). Failing to cache never fails a read."""
+        return self._put(self._key(file, index), data)
+
+    def _put(self, key: str, data: bytes) -> bool:
         if len(data) > self._limit or not self._make_room(len(data)):
             return False
         tag = _tag(data)
@@ -235,7 +247,7 @@ class ChunkCache:
             if len(data) >= disk.min_file_size:
                 value = disk.write(data)  # the slow part, outside the lock
             with self._lock:
-                self._cache.set(self._key(file, index), value, tag=tag)
+                self._cache.set(key, value, tag=tag)
                 # diskcache culls at most ten entries per insert; many tiny ones may not do.
                 if self._cache.volume() > self._limit:
                     self._cache.cull()

@@ -337,12 +337,17 @@ class Fetcher:
                 else:
                     end = self.chunk_bounds(file, last)[1]
                     body = self.client.open_file(file.uri, first * self.chunk_size, end)
-            except ConnectError:
+            except ConnectError as exc:
                 with self._lock:
+                    if not self._unreachable:
+                        log.warning("the server cannot be reached (%s): reads of what is not "
+                                    "cached fail at once until it answers again", exc)
                     self._unreachable = True
                     self._next_probe = time.monotonic() + PROBE_INTERVAL
                 raise
-            self._unreachable = False
+            if self._unreachable:
+                self._unreachable = False
+                log.warning("the server answers again")
             if not whole and not body.ranged and self.whole_files is None:
                 self.whole_files = "the server ignores Range"
                 log.warning("%s ignores Range: every file is streamed whole from now on",

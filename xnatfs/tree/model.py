@@ -12,6 +12,7 @@ must cost each lookup at most the timeout, not a place in a queue behind it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -26,8 +27,9 @@ from cachetools import TTLCache
 
 from xnatfs.errors import NotFound, ServerTimeout
 from xnatfs.tree.names import assign_names, scan_folder_name
+from xnatfs.tree.stash import Stash
 from xnatfs.xnat.client import XnatClient, data_path
-from xnatfs.xnat.rows import Assessor, Experiment, FileRow, Project, Scan, Subject
+from xnatfs.xnat.rows import Assessor, Experiment, FileRow, Project, Row, Scan, Subject
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +105,10 @@ class Tree:
 
     def __init__(
         self, client: XnatClient, *, ttl: float = 60.0, projects: Iterable[str] | None = None,
-        wait: float | None = None,
+        wait: float | None = None, stash: Stash | None = None,
     ) -> None:
         self.client = client
+        self.stash = stash
         self.ttl = ttl
         self.wait = wait
         self.projects = list(projects) if projects else None
@@ -185,13 +188,20 @@ class Tree:
             return file
         size = self._sizes.get(file.uri)
         if size is None:
-            size = self._sizes[file.uri] = self.client.file_size(file.uri)
+            fetch = functools.partial(self.client.file_size, file.uri)
+            size = self._sizes[file.uri] = \
+                self.stash.size(file.uri, fetch) if self.stash else fetch()
         return replace(file, size=size)
+
+    def _listing(self, path: str, **params: str) -> list[Row]:
+        """A listing from the server, or the last one kept while it is away (``stash``)."""
+        fetch = functools.partial(self.client.listing, path, **params)
+        return self.stash.listing(path, params, fetch) if self.stash else fetch()
 
     # -- loaders: one per kind of folder backed by a listing ----------------------------
 
     def _load_root(self) -> Children:
-        rows = [Project.from_row(r) for r in self.client.listing("/data/projects")]
+        rows = [Project.from_row(r) for r in self._listing("/data/projects")]
         if self.projects is not None:
             wanted = set(self.projects)
             rows = [p for p in rows if p.id in wanted]
@@ -206,9 +216,9 @@ class Tree:
     def _load_project(self, project: Project, ctx: Context) -> Children:
         pid = project.id
         subjects = [Subject.from_row(r)
-                    for r in self.client.listing(data_path("projects", pid, "subjects"))]
+                    for r in self._listing(data_path("projects", pid, "subjects"))]
         columns = "ID,label,project,xsiType,date,subject_ID,subject_label,insert_date,last_modified"
-        experiments = [Experiment.from_row(r) for r in self.client.listing(
+        experiments = [Experiment.from_row(r) for r in self._listing(
             data_path("projects", pid, "experiments"), columns=columns)]
         by_subject: dict[str, list[Experiment]] = defaultdict(list)
         for exp in experiments:
@@ -241,7 +251,7 @@ class Tree:
 
     def _resources_node(self, ctx: Context, key: tuple[str, ...], listing: str) -> Node:
         def load() -> Children:
-            rows = [f for r in self.client.listing(listing) if (f := FileRow.from_row(r))]
+            rows = [f for r in self._listing(listing) if (f := FileRow.from_row(r))]
             return resource_folders(rows, ctx, self.started)
 
         return Node("resources", ctx, self.started, load=load, key=key)
@@ -250,8 +260,8 @@ class Tree:
         scans: list[Scan] = []
         if exp.is_image_session:
             scans = [Scan.from_row(r)
-                     for r in self.client.listing(data_path("experiments", exp.id, "scans"))]
-        rows = [f for r in self.client.listing(data_path("experiments", exp.id, "files"),
+                     for r in self._listing(data_path("experiments", exp.id, "scans"))]
+        rows = [f for r in self._listing(data_path("experiments", exp.id, "files"),
                                                all="true") if (f := FileRow.from_row(r))]
         own, by_scan, by_assessor, by_recon = [], defaultdict(list), defaultdict(list), \
             defaultdict(list)
@@ -283,7 +293,7 @@ class Tree:
         if own:
             kids["resources"] = _folder("resources", ctx, mtime, resource_folders(own, ctx, mtime))
         if by_assessor:
-            labels = {a.id: a.label for a in map(Assessor.from_row, self.client.listing(
+            labels = {a.id: a.label for a in map(Assessor.from_row, self._listing(
                 data_path("experiments", exp.id, "assessors")))}
             kids["assessors"] = _owner_folders("assessors", "assessor", by_assessor, labels,
                                                ctx, mtime)

@@ -1,0 +1,92 @@
+"""The FUSE operations called directly, without the kernel: fake file-info objects, a real
+tree, reader and cache over the emulator. What the kernel would see, checked call by call."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.support.oracle import Oracle
+from xnat_emulator import Emulator
+from xnatfs.mount.fs import XnatFS
+from xnatfs.mount.libfuse import Slice, mfusepy
+from xnatfs.reader.chunkcache import ChunkCache
+from xnatfs.reader.fetcher import Fetcher
+from xnatfs.tree.model import Tree
+from xnatfs.xnat.client import XnatClient
+from xnatfs.xnat.credentials import Credentials
+
+
+@pytest.fixture
+def fs(emulator: Emulator, tmp_path: Path) -> Iterator[XnatFS]:
+    client = XnatClient(emulator.url, Credentials("alice", "secret"))
+    client.login()
+    cache = ChunkCache(str(tmp_path / "cache"), 1 << 30)
+    fetcher = Fetcher(client, cache)
+    yield XnatFS(Tree(client), fetcher)
+    fetcher.close()
+    cache.close()
+    client.close()
+
+
+def _read_all(fs: XnatFS, path: str) -> bytes:
+    fi = SimpleNamespace(flags=os.O_RDONLY, fh=0, keep_cache=False)
+    assert fs.open(path, fi) == 0
+    handle = SimpleNamespace(fh=fi.fh)
+    parts, offset = [], 0
+    while True:
+        piece = fs.read(None, 1 << 20, offset, handle)
+        assert isinstance(piece, Slice)
+        data = piece.data[piece.start:piece.end]
+        if not data:
+            break
+        parts.append(data)
+        offset += len(data)
+    assert fs.getattr(None, handle)["st_size"] == offset  # fstat(): from the handle
+    fs.release(None, handle)
+    return b"".join(parts)
+
+
+def test_every_file_reads_right_and_stats_match(fs: XnatFS, emulator: Emulator,
+                                                oracle) -> None:
+    want: Oracle = oracle(emulator)
+    for path in want.files:
+        attrs = fs.getattr("/" + path)
+        assert stat.S_ISREG(attrs["st_mode"]) and attrs["st_mode"] & 0o777 == 0o444
+        assert attrs["st_size"] == len(want.read(path))
+        assert _read_all(fs, "/" + path) == want.read(path), path
+
+
+def test_folders_list_with_their_types_and_writes_are_refused(fs: XnatFS) -> None:
+    fh = fs.opendir("/")
+    names = {name: attrs for name, attrs, _ in fs.readdir(None, fh)}
+    fs.releasedir(None, fh)
+    assert {".", ".."} < set(names)
+    assert all(stat.S_ISDIR(a["st_mode"]) for a in names.values())
+    project = next(n for n in names if n not in (".", ".."))
+    for op in (lambda: fs.mkdir(f"/{project}/x", 0o755), lambda: fs.unlink(f"/{project}"),
+               lambda: fs.open(f"/{project}/x", SimpleNamespace(flags=os.O_WRONLY))):
+        with pytest.raises(mfusepy.FuseOSError) as refused:
+            op()
+        assert refused.value.errno == errno.EROFS
+    with pytest.raises(mfusepy.FuseOSError) as missing:
+        fs.getattr(f"/{project}/no such subject")
+    assert missing.value.errno == errno.ENOENT
+
+
+def test_a_file_opened_twice_keeps_its_page_cache_unless_it_changed(
+        fs: XnatFS, emulator: Emulator, oracle) -> None:
+    path = "/" + sorted(oracle(emulator).files)[0]
+    first = SimpleNamespace(flags=os.O_RDONLY, fh=0, keep_cache=None)
+    second = SimpleNamespace(flags=os.O_RDONLY, fh=0, keep_cache=None)
+    fs.open(path, first)
+    fs.open(path, second)
+    assert second.keep_cache  # same version, no MD5 failure since: the kernel may keep it
+    fs.release(None, SimpleNamespace(fh=first.fh))
+    fs.release(None, SimpleNamespace(fh=second.fh))

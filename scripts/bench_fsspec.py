@@ -1,238 +1,240 @@
 #!/usr/bin/env python3
-"""Benchmark the ``xnat://`` fsspec filesystem; every figure beside a same-run baseline.
+"""Benchmark the ``xnat://`` fsspec filesystem: every figure beside a same-run baseline, as one
+Markdown table.
 
-    .venv/bin/python scripts/bench_fsspec.py               # full run (a few minutes, root)
-    .venv/bin/python scripts/bench_fsspec.py --size 256M --wan-size 64M --session-files 200
+    .venv/bin/python scripts/bench_fsspec.py               # full run, medians of 3 (root)
+    .venv/bin/python scripts/bench_fsspec.py --quick       # small smoke configuration
+    .venv/bin/python scripts/bench_fsspec.py --runs 1
 
-Figures (issue 9, "Performance"):
+Figures (the targets are issue 9's "Performance"):
 
-* WAN (``--wan-latency`` per response, ``--wan-bandwidth`` for the whole link: 20 ms and
-  400 Mbit/s): ``cat_file`` of one large file, and ``get`` of a session of many files, each
-  against the link limit (bytes / bandwidth); the targets are 1.1x;
-* loopback: the same two, against the mount on the same server (``dd`` of the file, ``cp -r``
-  of the session, each through a fresh mount); the target is 1.2x. Also ``open`` and 1 MiB
-  reads to the end, which is what ``dd`` does (``cat_file`` also builds one bytes object).
+* WAN (benchlib's profile, as bench_mount's WAN figures): ``cat_file`` of a 256 MiB file, and
+  ``get`` of a session of 1,000 files of 128 KiB, each against the link limit L + B / BW;
+* loopback: ``cat_file`` of a 256 MiB file, and ``open`` then 1 MiB reads to the end (what
+  ``dd`` does; ``cat_file`` also builds one bytes object), against a cold ``dd bs=1M`` of the
+  same file through a fresh mount; ``get`` of the session against ``cp -r`` through one.
 
-The emulator runs in its own process (bench_materialize's ``Server``), the filesystem in this
-one, the mount in its own (bench_mount's ``mounted``); every run starts with an empty chunk
-cache, and page caches are dropped first when root. Medians of ``--runs``.
+The filesystem runs in this process, so its CPU is this process's (all threads, until the
+server has been quiet a moment); the emulator and the mount run in their own. Every run
+starts with a new filesystem on an empty chunk cache, logged in (as a mount is before its
+first read), and page caches dropped when root. The walk down to a file read is not timed (as
+for the mount's ``dd``); the walk of a session fetched is (as for ``cp -r``). Bytes are
+checked against the listing's MD5s after each run. Medians of ``--runs``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import os
-import shutil
-import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
 import fsspec
-from bench_materialize import Server
-from bench_mount import (
+from benchlib import (
+    BANDWIDTH,
+    LATENCY,
     PASSWORD,
-    SMALL,
+    SCAN_FILES,
+    SESSION_PATH,
     USER,
+    WAN,
+    Emulator,
+    Mount,
+    Table,
+    big_file_spec,
+    check,
+    child_env,
     dd,
     drop_caches,
-    elapsed,
+    footer,
+    header,
     human,
-    mbps,
+    listed,
+    mb_per_s,
     median,
-    mounted,
-    report,
-    row,
+    run,
+    scratch,
+    session_spec,
+    traffic,
 )
-from xnatfs.cli.units import parse_size
+
+COLUMNS = ("figure", "xnat://", "baseline (same run)", "ratio", "goal (issue 9)",
+           "CPU (xnat://)", "requests")
+
+
+@dataclass(frozen=True)
+class Config:
+    runs: int = 3
+    read_size: int = 256 << 20
+    session_files: int = 1000
+    file_size: int = 128 << 10
+
+
+QUICK = Config(runs=1, read_size=32 << 20, session_files=100)
+
+
+@dataclass
+class Timed:
+    """One timed operation: its result, wall and CPU seconds, and what it cost the server."""
+
+    result: Any
+    seconds: float
+    cpu: float
+    requests: str
+
+
+def timed(emu: Emulator, operation: Callable[[], Any]) -> Timed:
+    drop_caches()
+    mark, cpu = emu.mark(), time.process_time()
+    start = time.perf_counter()
+    result = operation()
+    seconds = time.perf_counter() - start
+    requests = traffic(emu.requests(mark))
+    return Timed(result, seconds, time.process_time() - cpu, requests)
+
+
+def connect(url: str, cache: Path) -> fsspec.AbstractFileSystem:
+    """A new filesystem on ``cache``, logged in and with the projects listed."""
+    fs = fsspec.filesystem("xnat", url=url, user=USER, password=PASSWORD, cache_dir=str(cache),
+                           cache_size="20G", skip_instance_cache=True)
+    fs.ls("")
+    return fs
+
+
+# -- figures -------------------------------------------------------------------------------
+
+
+def cat(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    return fs.cat_file(path)
+
+
+def stream(fs: fsspec.AbstractFileSystem, path: str) -> int:
+    """What ``dd bs=1M`` does: 1 MiB reads to the end, kept nowhere; the bytes read."""
+    got = 0
+    with fs.open(path) as f:
+        while piece := f.read(1 << 20):
+            got += len(piece)
+    return got
+
+
+def read_file(emu: Emulator, size: int,
+              read: Callable[[fsspec.AbstractFileSystem, str], Any]) -> Timed:
+    """``read(fs, path)`` of the archive's one file, cold; the walk to it is not timed."""
+    with scratch("bench-cache-") as cache:
+        fs = connect(emu.url, cache)
+        [path] = [p for p, info in fs.find(SESSION_PATH, detail=True).items()
+                  if info["size"] == size]
+        return timed(emu, lambda: read(fs, path))
+
+
+def get_session(emu: Emulator, expected: list[tuple[int, str]]) -> Timed:
+    with scratch("bench-cache-") as cache, scratch("bench-get-") as out:
+        fs = connect(emu.url, cache)
+        done = timed(emu, lambda: fs.get(SESSION_PATH, str(out / "session"), recursive=True))
+        check(out, expected, "get")
+    return done
+
+
+def mount_dd(emu: Emulator, size: int, home: Path) -> float:
+    with scratch("bench-cache-") as cache, Mount(emu.url, cache, home) as m:
+        [path] = [p for p in (m.point / SESSION_PATH).rglob("*")
+                  if p.is_file() and p.stat().st_size == size]
+        drop_caches()
+        return run(dd(path)).seconds
+
+
+def mount_cp(emu: Emulator, expected: list[tuple[int, str]], home: Path) -> float:
+    with scratch("bench-cache-") as cache, scratch("bench-cp-") as out:
+        with Mount(emu.url, cache, home) as m:
+            drop_caches()
+            seconds = run(["cp", "-r", str(m.point / SESSION_PATH), str(out)]).seconds
+        check(out, expected, "cp -r through the mount")
+    return seconds
+
+
+def reads(c: Config, table: Table, home: Path, knobs: Sequence[str]) -> None:
+    """``cat_file`` against the link limit (WAN); on loopback, ``cat_file`` and ``open`` +
+    reads against the mount's ``dd``."""
+    wan, size = bool(knobs), c.read_size
+    with scratch("bench-emu-") as logs, Emulator(big_file_spec(size), knobs, workdir=logs) as emu:
+        [row] = emu.files(SCAN_FILES)
+        cats, streams, dds = [], [], []
+        for _ in range(c.runs):
+            cats.append(read_file(emu, size, cat))
+            if hashlib.md5(cats[-1].result).hexdigest() != row["digest"]:
+                raise SystemExit("bench: cat_file gave wrong bytes")
+            cats[-1].result = None
+            if not wan:
+                streams.append(read_file(emu, size, stream))
+                if streams[-1].result != size:
+                    raise SystemExit(f"bench: open + read gave {streams[-1].result} bytes")
+                dds.append(mount_dd(emu, size, home))
+    if wan:
+        t, limit = median(x.seconds for x in cats), LATENCY + size / BANDWIDTH
+        table.add(f"WAN: cold `cat_file` of a {human(size)} file",
+                  f"{t:.2f} s ({mb_per_s(size, t)})", f"link limit {limit:.2f} s",
+                  f"{t / limit:.2f}x limit", "≤ 1.1x limit", cpu(cats), cats[-1].requests)
+        return
+    mount = median(dds)
+    for what, runs in (("`cat_file`", cats), ("`open` + `read(1 MiB)` to the end", streams)):
+        t = median(x.seconds for x in runs)
+        table.add(f"loopback: cold {what} of a {human(size)} file", mb_per_s(size, t),
+                  f"mount, cold `dd bs=1M` {mb_per_s(size, mount)}", f"{t / mount:.2f}x mount time",
+                  "≤ 1.2x mount", cpu(runs), runs[-1].requests)
+
+
+def gets(c: Config, table: Table, home: Path, knobs: Sequence[str]) -> None:
+    """``get`` of a session against the link limit (WAN) or the mount's ``cp -r``."""
+    spec = session_spec(c.session_files, c.file_size)
+    with scratch("bench-emu-") as logs, Emulator(spec, knobs, workdir=logs) as emu:
+        expected = listed(emu)
+        runs, copies = [], []
+        for _ in range(c.runs):
+            runs.append(get_session(emu, expected))
+            if not knobs:
+                copies.append(mount_cp(emu, expected, home))
+    n, total = len(expected), sum(size for size, _ in expected)
+    t = median(x.seconds for x in runs)
+    what = f"`get` of a session ({n:,} files, {human(total)})"
+    if knobs:
+        limit = LATENCY + total / BANDWIDTH
+        table.add(f"WAN: {what}", f"{t:.2f} s", f"link limit {limit:.2f} s",
+                  f"{t / limit:.2f}x limit", "≤ 1.1x limit", cpu(runs), runs[-1].requests)
+    else:
+        mount = median(copies)
+        table.add(f"loopback: {what}", f"{t:.2f} s ({n / t:,.0f} files/s)",
+                  f"mount, `cp -r` {mount:.2f} s", f"{t / mount:.2f}x mount time",
+                  "≤ 1.2x mount", cpu(runs), runs[-1].requests)
+
+
+def cpu(runs: list[Timed]) -> str:
+    return f"{median(x.cpu for x in runs):.2f} s"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--size", type=parse_size, default=parse_size("1G"),
-                   help="large file read on loopback (default 1G)")
-    p.add_argument("--wan-size", type=parse_size, default=parse_size("256M"),
-                   help="large file read over the emulated WAN (default 256M)")
-    p.add_argument("--wan-latency", type=float, default=0.02,
-                   help="seconds added to every response on the WAN (default 0.02)")
-    p.add_argument("--wan-bandwidth", type=parse_size, default=50_000_000,
-                   help="bytes/s of the whole WAN link (default 50000000: 400 Mbit/s)")
-    p.add_argument("--session-files", type=int, default=1000,
-                   help="files in the session fetched with get (default 1000)")
-    p.add_argument("--file-size", type=parse_size, default=parse_size("128K"),
-                   help="size of each of those files (default 128K)")
-    p.add_argument("--runs", type=int, default=3, help="repetitions, median shown (default 3)")
-    p.add_argument("--skip-wan", action="store_true", help="loopback figures only")
-    p.add_argument("--skip-mount", action="store_true", help="no mount baselines (no FUSE)")
+    p.add_argument("--runs", type=int, help="repetitions, medians shown (default 3; 1 quick)")
+    p.add_argument("--quick", action="store_true", help="a small smoke configuration")
     args = p.parse_args()
-    if os.geteuid() != 0:
-        print("bench: not root: page caches cannot be dropped; cold figures may be warm")
-    print(f"bench: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(f"bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-
-    if not args.skip_wan:
-        wan = ["--latency", str(args.wan_latency), "--bandwidth", str(args.wan_bandwidth)]
-        link = f"link limit at {mbps(args.wan_bandwidth)}"
-        with serve(large_spec(args.wan_size), wan) as url:
-            t = median([cold(url, lambda fs, path: check_len(fs.cat_file(path), args.wan_size),
-                             large_path(url, args.wan_size)) for _ in range(args.runs)])
-            limit = args.wan_size / args.wan_bandwidth
-            row(f"WAN: cat_file, {human(args.wan_size)}", mbps(args.wan_size / t), link,
-                f"{t / limit:.2f}x the limit")
-        with serve(session_spec(args), wan) as url:
-            total, session = session_of(url)
-            t = median([cold(url, get_into(total), session) for _ in range(args.runs)])
-            limit = total / args.wan_bandwidth
-            row(f"WAN: get of a session, {args.session_files} files, {human(total)}",
-                f"{t:.2f} s", f"{link}: {limit:.2f} s", f"{t / limit:.2f}x the limit")
-
-    with serve(large_spec(args.size), []) as url:
-        path = large_path(url, args.size)
-        t = median([cold(url, lambda fs, path: check_len(fs.cat_file(path), args.size), path)
-                    for _ in range(args.runs)])
-        mount = None if args.skip_mount else median(
-            [through_mount(url, lambda point: elapsed(dd(point / path)))
-             for _ in range(args.runs)])
-        row(f"loopback: cat_file, {human(args.size)}", mbps(args.size / t),
-            "mount, dd: " + (mbps(args.size / mount) if mount else "skipped"),
-            f"{t / mount:.2f}x the mount's time" if mount else "")
-        t = median([cold(url, stream, path) for _ in range(args.runs)])
-        row(f"loopback: open + read(1 MiB) to the end, {human(args.size)}",
-            mbps(args.size / t), "mount, dd: " + (mbps(args.size / mount) if mount else "skipped"),
-            f"{t / mount:.2f}x the mount's time" if mount else "")
-    with serve(session_spec(args), []) as url:
-        total, session = session_of(url)
-        t = median([cold(url, get_into(total), session) for _ in range(args.runs)])
-        mount = None if args.skip_mount else median(
-            [through_mount(url, copy_session(session)) for _ in range(args.runs)])
-        row(f"loopback: get of a session, {args.session_files} files, {human(total)}",
-            f"{t:.2f} s", "mount, cp -r: " + (f"{mount:.2f} s" if mount else "skipped"),
-            f"{t / mount:.2f}x the mount's time" if mount else "")
-    report()
+    config = QUICK if args.quick else Config()
+    if args.runs:
+        config = dataclasses.replace(config, runs=args.runs)
+    start = header(("dd", "cp", "fusermount3"))
+    table = Table(COLUMNS)
+    with scratch("bench-") as work:
+        home = work / "home"
+        os.environ.update(child_env(home))  # this process too: no user config, netrc, keyring
+        for name, figure, knobs in (("WAN cat_file", reads, WAN), ("WAN get", gets, WAN),
+                                    ("loopback reads", reads, []), ("loopback get", gets, [])):
+            print(f"bench: {name} ...", flush=True)
+            figure(config, table, home, knobs)
+    footer(table, start)
     return 0
-
-
-# -- archives --------------------------------------------------------------------------------
-
-
-def large_spec(size: int) -> str:
-    return spec_text(scans=1, dicoms=1, niftis=1, nifti_size=size)
-
-
-def session_spec(args: argparse.Namespace) -> str:
-    scans = max(1, args.session_files // 100)
-    return spec_text(scans=scans, dicoms=args.session_files // scans,
-                     dicom_size=args.file_size)
-
-
-def spec_text(**fields: int) -> str:
-    values = {"projects": 1, "subjects": 1, "sessions": 1, **SMALL, **fields}
-    return ",".join(f"{k}={v}" for k, v in values.items())
-
-
-@contextmanager
-def serve(spec: str, knobs: list[str]) -> Iterator[str]:
-    """bench_materialize's emulator process, with bench_mount's user too."""
-    with Server(spec, [*knobs, "--user", f"{USER}:{PASSWORD}"]) as url:
-        yield url
-
-
-# -- one timed operation ---------------------------------------------------------------------
-
-
-def connect(url: str, cache: str) -> fsspec.AbstractFileSystem:
-    return fsspec.filesystem("xnat", url=url, user=USER, password=PASSWORD, cache_dir=cache,
-                             cache_size="20G", skip_instance_cache=True)
-
-
-def cold(url: str, operation: Callable[[fsspec.AbstractFileSystem, str], object],
-         path: str) -> float:
-    """Seconds for ``operation(fs, path)`` with an empty chunk cache, logged in already (as a
-    mount is before its first read); the walk down to ``path`` is timed, as in the mount."""
-    cache = tempfile.mkdtemp(prefix="bench-cache-")
-    try:
-        fs = connect(url, cache)
-        fs.ls("")
-        drop_caches()
-        start = time.perf_counter()
-        operation(fs, path)
-        return time.perf_counter() - start
-    finally:
-        shutil.rmtree(cache)
-
-
-def stream(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    """What dd does on the mount: 1 MiB reads into nothing (cat_file must also build the
-    whole file as one bytes object)."""
-    with fs.open(path) as f:
-        while f.read(1 << 20):
-            pass
-
-
-def check_len(data: bytes, size: int) -> None:
-    assert len(data) == size, f"cat_file gave {len(data)} bytes, expected {size}"
-
-
-def get_into(total: int) -> Callable[[fsspec.AbstractFileSystem, str], None]:
-    def get(fs: fsspec.AbstractFileSystem, path: str) -> None:
-        out = Path(tempfile.mkdtemp(prefix="bench-get-"))
-        try:
-            fs.get(path, str(out / "s"), recursive=True)
-            got = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-            assert got == total, f"get wrote {got} bytes, expected {total}"
-        finally:
-            shutil.rmtree(out)
-
-    return get
-
-
-def through_mount(url: str, operation: Callable[[Path], float]) -> float:
-    cache = tempfile.mkdtemp(prefix="bench-cache-")
-    try:
-        with mounted(SimpleNamespace(url=url), cache, "baseline") as point:  # type: ignore[arg-type]
-            drop_caches()
-            return operation(point)
-    finally:
-        shutil.rmtree(cache)
-
-
-def copy_session(session: str) -> Callable[[Path], float]:
-    def copy(point: Path) -> float:
-        out = Path(tempfile.mkdtemp(prefix="bench-copy-"))
-        try:
-            return elapsed(["cp", "-r", str(point / session), str(out / "s")])
-        finally:
-            shutil.rmtree(out)
-
-    return copy
-
-
-# -- paths -----------------------------------------------------------------------------------
-
-
-def large_path(url: str, size: int) -> str:
-    cache = tempfile.mkdtemp(prefix="bench-cache-")
-    try:
-        found = connect(url, cache).find("", detail=True)
-        return next(p for p, info in found.items() if info["size"] == size)
-    finally:
-        shutil.rmtree(cache)
-
-
-def session_of(url: str) -> tuple[int, str]:
-    """The session's bytes and tree path (the archive has one)."""
-    cache = tempfile.mkdtemp(prefix="bench-cache-")
-    try:
-        fs = connect(url, cache)
-        project = fs.ls("", detail=False)[0]
-        subject = next(p for p in fs.ls(project, detail=False) if not p.endswith("resources"))
-        session = next(p for p in fs.ls(subject, detail=False) if not p.endswith("resources"))
-        return fs.du(session), session
-    finally:
-        shutil.rmtree(cache)
 
 
 if __name__ == "__main__":

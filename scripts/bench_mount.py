@@ -42,43 +42,45 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchlib import (
+    BANDWIDTH,
+    LATENCY,
+    ONLY_FILES,
+    SCAN_FILES,
+    SESSION_PATH,
     USER,
+    WAN,
     XNATFS,
     Emulator,
     Mount,
     Table,
+    big_file_spec,
+    check,
     child_env,
     curl_in_turn,
     curl_ranges,
+    dd,
     drop_caches,
+    footer,
+    header,
     human,
+    listed,
     mb_per_s,
+    md5,
     median,
     parallel,
     run,
     scratch,
+    session_spec,
     traffic,
 )
 
-LATENCY, BANDWIDTH, CONN_BANDWIDTH = 0.02, 50e6, 12.5e6
-WAN = ["--latency", str(LATENCY), "--bandwidth", f"{BANDWIDTH:.0f}",
-       "--conn-bandwidth", f"{CONN_BANDWIDTH:.0f}"]
-ONLY_FILES = ("niftis=0,session_resources=0,subject_resources=0,project_resources=0,"
-              "assessors=0")
-PROJECT, SUBJECT, SESSION = "PROJ01", "S001", "S001_MR1"
-SESSION_PATH = f"{PROJECT}/{SUBJECT}/{SESSION}"
-SCAN_FILES = f"/data/projects/{PROJECT}/subjects/{SUBJECT}/experiments/{SESSION}/scans/ALL/files"
 COLUMNS = ("figure", "xnatfs", "baseline (same run)", "ratio", "goal (issue 8)", "mount CPU",
            "mount peak RSS", "requests")
 
@@ -298,22 +300,6 @@ FIGURES: dict[str, Callable[[Bench], None]] = {
 # -- pieces --------------------------------------------------------------------------------
 
 
-def session_spec(files: int, size: int) -> str:
-    scans = max(1, files // 100)
-    return (f"projects=1,subjects=1,sessions=1,scans={scans},dicoms={files // scans},"
-            f"dicom_size={size},{ONLY_FILES}")
-
-
-def big_file_spec(size: int) -> str:
-    return (f"projects=1,subjects=1,sessions=1,scans=1,dicoms=0,{ONLY_FILES},niftis=1,"
-            f"nifti_size={size}")
-
-
-def listed(emu: Emulator) -> list[tuple[int, str]]:
-    """(size, MD5) of every scan file of the session, sorted: what a copy must hold."""
-    return sorted((int(r["Size"]), r["digest"]) for r in emu.files(SCAN_FILES))
-
-
 def timed(m: Mount, emu: Emulator, cmd: list[str]) -> tuple[float, float, str]:
     """Run ``cmd``: its wall time, the requests it cost, and the mount's CPU seconds until
     the server has been quiet a moment (work the mount finishes after the reader is done,
@@ -322,10 +308,6 @@ def timed(m: Mount, emu: Emulator, cmd: list[str]) -> tuple[float, float, str]:
     seconds = run(cmd).seconds
     requests = traffic(emu.requests(mark))
     return seconds, m.cpu() - cpu, requests
-
-
-def dd(path: Path) -> list[str]:
-    return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
 
 
 def find_file(folder: Path, size: int) -> Path:
@@ -338,27 +320,9 @@ def find_file(folder: Path, size: int) -> Path:
     raise SystemExit(f"bench: no file of {size} bytes under {folder}")
 
 
-def md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as fh:
-        while piece := fh.read(1 << 20):
-            digest.update(piece)
-    return digest.hexdigest()
-
-
 def check_file(path: Path, digest: str) -> None:
     if md5(path) != digest:
         raise SystemExit(f"bench: wrong bytes through the mount in {path}")
-
-
-def check(folder: Path, expected: list[tuple[int, str]], what: str) -> None:
-    """Every listed file arrived whole: the (size, MD5) pairs under ``folder`` are the
-    listing's (names are the mount's business, not the benchmark's)."""
-    got = sorted((p.stat().st_size, md5(p)) for p in folder.rglob("*") if p.is_file())
-    if got != expected:
-        missing = len(expected) - len(set(got) & set(expected))
-        raise SystemExit(f"bench: {what} gave {len(got)} files, {missing} of the "
-                         f"{len(expected)} listed missing or wrong")
 
 
 def mirror(point: Path, local: Path) -> int:
@@ -383,17 +347,7 @@ def main() -> int:
     config = QUICK if args.quick else Config()
     if args.runs:
         config = dataclasses.replace(config, runs=args.runs)
-    for tool in ("curl", "dd", "cp", "find", "xargs", "stat", "ls", "fusermount3"):
-        if not shutil.which(tool):
-            sys.exit(f"bench: {tool} is needed")
-    if os.geteuid() != 0:
-        print("bench: not root: page caches cannot be dropped; cold figures may be warm")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    print(f"bench: {' '.join([os.path.basename(sys.executable), *sys.argv])}  (commit {commit})")
-    print(f"bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
-          f"load {os.getloadavg()[0]:.1f}")
-    start = time.monotonic()
+    start = header(("curl", "dd", "cp", "find", "xargs", "stat", "ls", "fusermount3"))
     with scratch("bench-") as work:
         bench = Bench(config, work)
         for name in args.only or FIGURES:
@@ -402,9 +356,7 @@ def main() -> int:
     figure, rss = max(bench.peak_rss.items(), key=lambda item: item[1])
     bench.table.add("mount peak RSS, all figures", f"{rss / 2**20:.0f} MiB", "", "",
                     "≤ 150 MiB", "", f"during {figure}", "")
-    print(f"bench: load {os.getloadavg()[0]:.1f} at the end; took "
-          f"{time.monotonic() - start:.0f} s\n")
-    print(bench.table.markdown())
+    footer(bench.table, start)
     return 0
 
 

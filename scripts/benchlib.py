@@ -3,12 +3,13 @@ CPU and memory from /proc, curl baselines, the emulator's request log, and a Mar
 
 Everything here drives xnatfs through its command line only (``xnatfs emulator``, ``xnatfs
 mount``, ``xnatfs materialize``), so a benchmark keeps working while the code behind those
-commands is rebuilt, and it measures what a user runs. The one import from xnatfs is the
-mount-point check, taken from wherever it lives.
+commands is rebuilt, and it measures what a user runs. The imports from xnatfs are the
+mount-point check, taken from wherever it lives, and the names of materialize's records.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -30,10 +31,25 @@ try:
     from xnatfs.mount.host import is_mounted
 except ImportError:  # before the mount's host code moved out of its CLI module
     from xnatfs.mount.cli import is_mounted
+from xnatfs.materialize.output import RESERVED
 
 USER, PASSWORD = "bench", "bench"
 XNATFS = [sys.executable, "-m", "xnatfs"]
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
+
+# The WAN profile: 20 ms added to every response, 400 Mbit/s shared by all connections,
+# 100 Mbit/s per connection. A figure's link limit is LATENCY + bytes / BANDWIDTH: what a
+# client with every request in flight at once needs (bench_mount.py explains why).
+LATENCY, BANDWIDTH, CONN_BANDWIDTH = 0.02, 50e6, 12.5e6
+WAN = ["--latency", str(LATENCY), "--bandwidth", f"{BANDWIDTH:.0f}",
+       "--conn-bandwidth", f"{CONN_BANDWIDTH:.0f}"]
+
+# The synthetic archives: one session whose scans hold every file, nothing else.
+ONLY_FILES = ("niftis=0,session_resources=0,subject_resources=0,project_resources=0,"
+              "assessors=0")
+PROJECT, SUBJECT, SESSION = "PROJ01", "S001", "S001_MR1"
+SESSION_PATH = f"{PROJECT}/{SUBJECT}/{SESSION}"
+SCAN_FILES = f"/data/projects/{PROJECT}/subjects/{SUBJECT}/experiments/{SESSION}/scans/ALL/files"
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -199,6 +215,22 @@ def traffic(requests: list[Request]) -> str:
     return text + (f", {failed} failed" if failed else "")
 
 
+def session_spec(files: int, size: int) -> str:
+    scans = max(1, files // 100)
+    return (f"projects=1,subjects=1,sessions=1,scans={scans},dicoms={files // scans},"
+            f"dicom_size={size},{ONLY_FILES}")
+
+
+def big_file_spec(size: int) -> str:
+    return (f"projects=1,subjects=1,sessions=1,scans=1,dicoms=0,{ONLY_FILES},niftis=1,"
+            f"nifti_size={size}")
+
+
+def listed(emu: Emulator) -> list[tuple[int, str]]:
+    """(size, MD5) of every scan file of the session, sorted: what a copy must hold."""
+    return sorted((int(r["Size"]), r["digest"]) for r in emu.files(SCAN_FILES))
+
+
 # -- the mount ------------------------------------------------------------------------------
 
 
@@ -245,6 +277,10 @@ class Mount:
         return peak_rss(self.pid)
 
 
+def dd(path: Path) -> list[str]:
+    return ["dd", f"if={path}", "of=/dev/null", "bs=1M"]
+
+
 # -- curl baselines -------------------------------------------------------------------------
 
 
@@ -274,6 +310,29 @@ def parallel(commands: list[list[str]]) -> float:
             raise SystemExit(f"bench: {' '.join(map(str, child.args))} failed: "
                              f"{child.stderr.read().decode()[-400:]}")
     return time.perf_counter() - start
+
+
+# -- checks -------------------------------------------------------------------------------
+
+
+def md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        while piece := fh.read(1 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def check(folder: Path, expected: list[tuple[int, str]], what: str) -> None:
+    """Every listed file arrived whole: the (size, MD5) pairs under ``folder`` are the
+    listing's (names are the front end's business, not the benchmark's); materialize's
+    records (its manifest folder and checksum list) are not listed files."""
+    got = sorted((p.stat().st_size, md5(p)) for p in folder.rglob("*")
+                 if p.is_file() and p.relative_to(folder).parts[0] not in RESERVED)
+    if got != expected:
+        missing = len(expected) - len(set(got) & set(expected))
+        raise SystemExit(f"bench: {what} gave {len(got)} files, {missing} of the "
+                         f"{len(expected)} listed missing or wrong")
 
 
 # -- results --------------------------------------------------------------------------------
@@ -322,3 +381,26 @@ def scratch(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def header(tools: Iterable[str]) -> float:
+    """Check the tools a benchmark runs, print what a table's reader needs to weigh it (the
+    command, the commit, the CPUs and the load: the machine may be shared), and return the
+    start time for ``footer``."""
+    for tool in tools:
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} is needed")
+    if os.geteuid() != 0:
+        print("bench: not root: page caches cannot be dropped; cold figures may be warm")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(__file__).parent).stdout.strip()
+    print(f"bench: {' '.join([os.path.basename(sys.executable), *sys.argv])}  (commit {commit})")
+    print(f"bench: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+          f"load {os.getloadavg()[0]:.1f}")
+    return time.monotonic()
+
+
+def footer(table: Table, start: float) -> None:
+    print(f"bench: load {os.getloadavg()[0]:.1f} at the end; took "
+          f"{time.monotonic() - start:.0f} s\n")
+    print(table.markdown())

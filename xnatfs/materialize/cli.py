@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                 return 1 if failures else 0
             cache_dir = args.cache_dir or default_cache_dir()
             cache = ChunkCache(cache_dir) if os.path.isdir(cache_dir) else None
-            fetcher = Fetcher(client, cache, max_parallel=1, deadline=timeout)
+            fetcher = Fetcher(client, cache, max_parallel=1, deadline=max(60.0, 3 * timeout))
             report = Report(output.root)
             try:
                 Engine(tree, Source(fetcher), output, report, options).run(selection)

@@ -9,7 +9,7 @@
 * ``-j N`` transfer workers take tasks from one priority queue: chunks of files already started
   first, then new files. A large file keeps a few chunks in flight while other files wait to
   start (so small files, which are bound by latency, fill the pipe around it), and up to
-  ``MAX_WINDOW`` when nothing else waits. Memory stays bounded by about ``jobs * window * chunk
+  ``FILE_WINDOW`` when nothing else waits. Memory stays bounded by about ``jobs * window * chunk
   size``, whatever the file sizes.
 * Every byte comes through ``Source``, the one seam onto the shared reader (chunk cache first,
   ranged GETs, bounded retries): a small file is one request; a large file's chunks are
@@ -55,7 +55,7 @@ from xnatfs.tree.model import RemoteFile, Tree
 log = logging.getLogger(__name__)
 
 CHUNK_FIRST, NEW_FILE = 0, 1  # task priorities
-MAX_WINDOW = 8  # chunks of one file in flight or waiting to be written, at most
+FILE_WINDOW = 8  # chunks of one file in flight or waiting to be written, at most
 MAX_JOBS = 256  # beyond this, threads cost more than they overlap (and may not start)
 
 
@@ -126,7 +126,7 @@ class Engine:
         self.report = report
         self.options = options
         jobs = options.jobs
-        self.full_window = max(1, min(jobs, MAX_WINDOW))
+        self.full_window = max(1, min(jobs, FILE_WINDOW))
         self.shared_window = min(self.full_window, max(2, jobs // 4))
         self.workers = Workers(jobs if source else 1, "xnatfs-get", on_fatal=self._abort_listing)
         self.listers = Workers(listing_threads(jobs), "xnatfs-list")

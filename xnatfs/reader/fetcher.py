@@ -73,9 +73,8 @@ from xnatfs.errors import (
 )
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import RemoteFile
-from xnatfs.xnat.client import CHUNK as PIECE
 from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.transport import Body
+from xnatfs.xnat.transport import PIECE, Body
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +181,7 @@ class Fetcher:
         self._bad: set[FileKey] = set()  # failed it whole too: never served again
         self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
         self.whole_files: str | None = None  # why every file is fetched whole, if it is
+        self._streams: set[_Delivery] = set()  # whole-file bodies finishing on their own
         self._unreachable = False
         self._next_probe = 0.0
         # Requests in flight for read-ahead, across all files: enough to fill a link's
@@ -250,6 +250,10 @@ class Fetcher:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            streams = list(self._streams)
+        for delivery in streams:  # its reads fail, its waiters are told, its thread ends
+            delivery.body.close()
 
     # -- getting one chunk ---------------------------------------------------------------
 
@@ -352,16 +356,30 @@ class Fetcher:
                 self.whole_files = "the server ignores Range"
                 log.warning("%s ignores Range: every file is streamed whole from now on",
                             self.client.base_url)
-            transfer = _Transfer(self, file, body, claims, store)
+            delivery = _Delivery(self, file, body, claims, store)
         except BaseException as exc:
             self._fail(file, claims, exc)
             if body is not None:
                 body.close()
             return
-        if detach and not body.ranged and transfer.run(until=last):
-            threading.Thread(target=transfer.run, name="xnatfs-stream", daemon=True).start()
+        if detach and not body.ranged and delivery.run(until=last):
+            self._detached(delivery)
         else:
-            transfer.run()
+            delivery.run()
+
+    def _detached(self, delivery: _Delivery) -> None:
+        """Finish a whole-file body on a thread of its own, owned here: ``close`` ends it."""
+        with self._lock:
+            self._streams.add(delivery)
+
+        def finish() -> None:
+            try:
+                delivery.run()
+            finally:
+                with self._lock:
+                    self._streams.discard(delivery)
+
+        threading.Thread(target=finish, name="xnatfs-stream", daemon=True).start()
 
     def _may_connect(self) -> None:
         """While the server is unreachable, let one request a second through to probe it."""
@@ -504,7 +522,7 @@ class Fetcher:
                 self.cache.delete(file, index)
 
 
-class _Transfer:
+class _Delivery:
     """One response body cut into chunks. A 200 (the server ignored Range, or a whole-file GET)
     claims every chunk nobody else is fetching, so the file is streamed once for everybody; the
     chunks claimed that way go to memory (and to disk, for callers that store) for later readers."""

@@ -50,7 +50,6 @@ from xnatfs.xnat.transport import LOGIN_MARKS, Body, Transport
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 _HTML_START = (b"<!doctype", b"<html")
 RETRY_PAUSES = (0.1, 0.3, 0.9)  # pauses between tries of one request: four tries at most
 GRACE = 1.0  # seconds past a request's timeout that its retries may take, all together

@@ -41,6 +41,7 @@ from xnatfs.errors import (
 if TYPE_CHECKING:
     from xnatfs.xnat.client import XnatClient
 
+PIECE = 1 << 20  # bytes taken off the socket at a time, unless a caller asks for more
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _HTML_FILE = (".html", ".htm", ".xhtml")
 LOGIN_MARKS = (b"xnat-templates/screens/Login.vm", b'id="login_form"')
@@ -85,7 +86,7 @@ class Body:
             raise IntegrityError(f"truncated body: {self.got} of {self.length} bytes")
         return data
 
-    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+    def chunks(self, size: int = PIECE) -> Iterator[bytes]:
         """The rest of the body in pieces of ``size`` bytes (the last may be shorter)."""
         while True:
             data = self.read(size)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -33,10 +32,10 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from benchlib import PASSWORD, USER, Emulator, scratch
+
 from xnat_emulator import SyntheticSpec, synthetic_archive
 from xnatfs.cli.units import parse_size
-
-USER, PASSWORD = "alice", "secret"
 
 XNATPY_FILES = """
 import os, sys, xnat
@@ -122,7 +121,8 @@ def main() -> int:
         print(f"\n== {profile}" + (f": {args.latency} s per response, "
                                    f"{parse_size(args.bandwidth) / 2**20:.0f} MiB/s aggregate; "
                                    f"physical limit {limit:.1f} s" if limit else ""))
-        with Server(spec_text, knobs) as url:
+        with scratch("bench-emu-") as logs, Emulator(spec_text, knobs, workdir=logs) as emu:
+            url = emu.url
             runs = [materialize(url, args.jobs)]
             if not args.no_xnatpy:
                 runs.append(python_script("xnatpy per file", XNATPY_FILES, url))
@@ -143,28 +143,6 @@ def main() -> int:
                   f"{len(files)} / {total}")
             return 1
     return 0
-
-
-class Server:
-    """``xnatfs emulator`` in its own process (so it does not share a GIL with the client)."""
-
-    def __init__(self, spec: str, knobs: list[str]) -> None:
-        self.argv = [sys.executable, "-m", "xnatfs", "emulator", "--synthetic", spec,
-                     "--user", f"{USER}:{PASSWORD}", *knobs]
-
-    def __enter__(self) -> str:
-        self.process = subprocess.Popen(self.argv, stdout=subprocess.PIPE, text=True)
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        match = re.search(r"at (http://\S+)", line)
-        if not match:
-            self.process.kill()
-            raise SystemExit(f"emulator did not start: {line!r}")
-        return match[1]
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.terminate()
-        self.process.wait()
 
 
 def timed(name: str, argv: list[str], target: str, env: dict[str, str] | None = None,

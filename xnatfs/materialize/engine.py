@@ -410,7 +410,7 @@ class Engine:
             self.manifest.forget(planned.path)
             part.commit(planned.node.mtime)
             self.manifest.record(entry_for(
-                planned.path, part.size, part.md5.hexdigest(),
+                planned.path, part.size, part.verifier.hexdigest(),
                 from_server=bool(job.remote.digest), uri=job.remote.uri,
                 context=planned.node.context))
             self.report.finished(Result(planned.path, Outcome.DOWNLOADED, part.size,

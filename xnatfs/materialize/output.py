@@ -18,13 +18,13 @@ import threading
 from dataclasses import dataclass
 
 from xnatfs.errors import (
-    DigestMismatch,
     IntegrityError,
     LocalError,
     UsageError,
 )
 from xnatfs.errors import write_error as local_error
 from xnatfs.materialize.manifest import MD5SUMS, META_DIR
+from xnatfs.reader.verify import Verifier
 
 PART_SUFFIX = ".xnatfs-part"
 MAX_NAME_BYTES = 255
@@ -185,7 +185,7 @@ class PartFile:
         self.target = target
         self.size = size
         self.digest = digest
-        self.md5 = hashlib.md5()  # always: the manifest records every file's MD5
+        self.verifier = Verifier(size, digest)  # always: the manifest records every file's MD5
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         try:  # a new part file is created exclusively; an existing one is a prefix to continue
             try:
@@ -213,7 +213,7 @@ class PartFile:
             block = os.read(self.fd, min(READ_BLOCK, left))
             if not block:
                 raise OSError(errno.EIO, "part file shrank while reading it")
-            self.md5.update(block)
+            self.verifier.update(block)
             left -= len(block)
 
     def write(self, data: bytes) -> None:
@@ -223,19 +223,17 @@ class PartFile:
                 view = view[os.write(self.fd, view):]
         except OSError as exc:
             raise local_error(exc, self.target.part) from None
-        self.md5.update(data)
+        self.verifier.update(data)
         self.offset += len(data)
 
     def commit(self, mtime: float) -> None:
         """Check size and MD5, then rename into place. On a mismatch the part file is removed
         (its bytes are wrong) and IntegrityError (DigestMismatch for the MD5) raised."""
-        if self.offset != self.size:
+        try:
+            self.verifier.check()
+        except IntegrityError:
             self.discard()
-            raise IntegrityError(f"got {self.offset} bytes, expected {self.size}")
-        if self.digest and (actual := self.md5.hexdigest()) != self.digest:
-            self.discard()
-            raise DigestMismatch(f"MD5 mismatch: got {actual}, the server's listing says "
-                                 f"{self.digest}")
+            raise
         try:
             os.utime(self.fd, (mtime, mtime))
             os.close(self.fd)

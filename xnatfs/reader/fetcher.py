@@ -37,9 +37,10 @@ A chunk goes to the disk cache after its waiters have it, in the thread that fet
 reader never waits for the disk, and a chunk read ahead is on disk before the next one of its
 request is taken, so it is found there even if memory let it go.
 
-MD5: when the listing has a digest, a file fetched from its first chunk onwards is hashed in
-order as chunks arrive (GIL-free, after the reader has its bytes, except for the last chunk,
-which is held back until the hash is checked; so is whichever chunk completes the hash). The
+MD5 (``verify.py``, the check materialize uses too): when the listing has a digest, a file
+fetched from its first chunk onwards is hashed in order as chunks arrive (GIL-free, after the
+reader has its bytes, except for the last chunk, which is held back until the hash is checked;
+so is whichever chunk completes the hash). The
 guarantee is about what a reader received: a mismatch evicts every chunk of the file, fails
 that read, and ``taint(file)`` moves on, so every handle that was given bytes of the file before
 fails its next read too (``FileHandle`` checks it). The file is then fetched whole, without
@@ -54,7 +55,6 @@ from its start, for all of its readers, instead of once per reader and range.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import threading
@@ -72,6 +72,7 @@ from xnatfs.errors import (
     XnatfsError,
 )
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
+from xnatfs.reader.verify import MAX_PENDING, GiveUp, InOrder
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.transport import PIECE, Body
@@ -82,70 +83,6 @@ PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be r
 MAX_DIGESTS = 8  # files whose MD5 is being computed at once (each holds chunks pending)
 FileKey = tuple[str, str]
 Key = tuple[str, str, int]
-MAX_PENDING = 32  # chunks held ahead of the in-order MD5 (read-ahead spans finish out of order)
-
-
-class _Digest:
-    """The running MD5 of one file. Chunks arrive in any order from several transfers; one
-    thread at a time hashes those that continue the sequence (hashlib drops the GIL), while
-    the others leave theirs and go on fetching. Chunks far ahead wait for the hash to catch
-    up: MD5 (~0.9 GB/s here) then sets the pace instead of memory growing without bound."""
-
-    def __init__(self, expected: str, count: int) -> None:
-        self.expected = expected
-        self.count = count
-        self.md5 = hashlib.md5()
-        self.next = 0
-        self.pending: dict[int, bytes] = {}
-        self.busy = False
-        self.ranged = False  # some bytes came from ranged answers
-        self.verdict: bool | None = None  # set once the whole file is hashed
-        self.cond = threading.Condition()
-
-    def feed(self, index: int, data: bytes, fill: Callable[[int], bytes | None]) -> bool | None:
-        """Add a chunk; the verdict if this completed the file, else None. ``fill`` gets a
-        chunk from the caches when a gap is not being filled by the network (False: give up)."""
-        with self.cond:
-            if index < self.next or index in self.pending or self.verdict is not None:
-                return None
-            while len(self.pending) >= MAX_PENDING and self.busy:
-                if not self.cond.wait(timeout=30):
-                    return None
-            self.pending[index] = data
-            if self.busy:
-                return None
-            self.busy = True
-        try:
-            while True:
-                with self.cond:
-                    piece = self.pending.pop(self.next, None)
-                    if piece is None and len(self.pending) >= MAX_PENDING:
-                        piece = fill(self.next)
-                        if piece is None:
-                            raise _GiveUp
-                    if piece is None:
-                        return None
-                self.md5.update(piece)
-                with self.cond:
-                    self.next += 1
-                    self.cond.notify_all()
-                    if self.next == self.count:
-                        self.verdict = self.md5.hexdigest() == self.expected
-                        return self.verdict
-        finally:
-            with self.cond:
-                self.busy = False
-                self.cond.notify_all()
-
-    def settle(self) -> bool | None:
-        """Wait until no thread is hashing; the verdict if the file is complete."""
-        with self.cond:
-            self.cond.wait_for(lambda: not self.busy, timeout=30)
-            return self.verdict
-
-
-class _GiveUp(Exception):
-    """The file was not read in order: its MD5 cannot be checked (sizes still are)."""
 
 
 class Fetcher:
@@ -176,7 +113,7 @@ class Fetcher:
         self._memory_lock = threading.Lock()
         self._lock = threading.Lock()  # guards _inflight, _digests, _suspect, _bad
         self._inflight: dict[Key, Future[bytes]] = {}
-        self._digests: LRUCache[FileKey, _Digest] = LRUCache(MAX_DIGESTS)
+        self._digests: LRUCache[FileKey, InOrder] = LRUCache(MAX_DIGESTS)
         self._suspect: set[FileKey] = set()  # failed their MD5: fetched whole from now on
         self._bad: set[FileKey] = set()  # failed it whole too: never served again
         self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
@@ -455,7 +392,7 @@ class Fetcher:
             if state is None:
                 if index >= MAX_PENDING:
                     return False  # not read from its start: only sizes are checked
-                state = self._digests[fkey] = _Digest(file.digest, self.chunk_count(file))
+                state = self._digests[fkey] = InOrder(file.digest, self.chunk_count(file))
             state.ranged |= ranged
 
         def fill(i: int) -> bytes | None:
@@ -465,7 +402,7 @@ class Fetcher:
             verdict = state.feed(index, data, fill)
             if verdict is None and last:
                 verdict = self._finish(file, state, fill)
-        except _GiveUp:
+        except GiveUp:
             log.debug("not checking MD5 of %s: not read in order", file.uri)
             verdict = None
         if verdict is None and state.verdict is None and not state.busy \
@@ -493,7 +430,7 @@ class Fetcher:
                     "; fetching it whole" if state.ranged else ": EIO for every read of it")
         raise DigestMismatch(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
 
-    def _finish(self, file: RemoteFile, state: _Digest,
+    def _finish(self, file: RemoteFile, state: InOrder,
                 fill: Callable[[int], bytes | None]) -> bool | None:
         """Hash the chunks missing before the last one: wait for those in flight, take those
         cached; None if one can be had neither way (a reader of the end only)."""

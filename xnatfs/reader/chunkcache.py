@@ -225,10 +225,11 @@ class ChunkCache:
         return data
 
     def contains(self, file: RemoteFile, index: int) -> bool:
-        """Whether the chunk is stored (unchecked: ``get`` still verifies it)."""
+        """Whether the chunk is stored (unchecked: ``get`` still verifies it). A plain read of
+        the index: SQLite's write-ahead log lets it run beside a write, so it takes no turn in
+        the lock (read-ahead asks this for every chunk it plans, while chunks are stored)."""
         try:
-            with self._lock:
-                return self._key(file, index) in self._cache
+            return self._key(file, index) in self._cache
         except _CACHE_ERRORS:
             return False
 

@@ -1,0 +1,157 @@
+"""The reader against a fake byte source that misbehaves, without sockets or the kernel.
+
+A property test in the style of mountpoint-s3's prefetcher tests: any sequence of answers from
+the source (right, cut short, reset, refused, 5xx, Range ignored, bytes one off under correct
+headers) and any sequence of reads, and the reader gives the right bytes or an error, never
+wrong bytes; a whole-file read of a file with an MD5 never completes with bytes that fail it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xnatfs.errors import ConnectError, IntegrityError, ServerError, TransferError, XnatfsError
+from xnatfs.reader.fetcher import Fetcher
+from xnatfs.reader.handle import FileHandle
+from xnatfs.tree.model import RemoteFile
+
+CHUNK = 1024
+FAULTS = ("ok", "short", "reset", "refuse", "5xx", "whole", "shift")
+
+
+class FakeBody:
+    """What ``Transport.open`` gives, over bytes in memory, perhaps cut or reset midway."""
+
+    def __init__(self, data: bytes, start: int, ranged: bool, total: int, *,
+                 cut: int | None = None, reset: bool = False) -> None:
+        self.data, self.start, self.ranged, self.total = data, start, ranged, total
+        self.length = len(data)
+        self.cut, self.reset, self.got = cut, reset, 0
+
+    def read(self, size: int) -> bytes:
+        size = min(size, self.length - self.got)
+        if self.cut is not None and self.got + size > self.cut:
+            if self.reset:
+                raise TransferError("reset by the fake")
+            size = self.cut - self.got
+            piece = self.data[self.got:self.got + size]
+            self.got += size
+            if not piece:
+                raise IntegrityError("truncated body")
+            return piece
+        piece = self.data[self.got:self.got + size]
+        self.got += len(piece)
+        return piece
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        while piece := self.read(size):
+            yield piece
+
+    def close(self) -> None:
+        pass
+
+
+class FakeClient:
+    """Serves one file's bytes; the n-th request gets the n-th fault of the plan (then ok)."""
+
+    base_url = "fake://xnat"
+
+    def __init__(self, content: bytes, plan: list[str]) -> None:
+        self.content = content
+        self.plan = list(plan)
+        self.lock = threading.Lock()
+        self.requests = 0
+
+    def open_file(self, uri: str, start: int = 0, end: int | None = None) -> FakeBody:
+        with self.lock:
+            fault = self.plan.pop(0) if self.plan else "ok"
+            self.requests += 1
+        size = len(self.content)
+        ranged = start > 0 or end is not None
+        if fault == "refuse":
+            raise ConnectError("connection refused by the fake")
+        if fault == "5xx":
+            raise ServerError("HTTP 503 from the fake")
+        if fault == "whole" or not ranged:
+            return FakeBody(self.content, 0, False, size, cut=self._cut(fault, size),
+                            reset=fault == "reset")
+        end = size if end is None else end
+        first = start
+        if fault == "shift":  # one off, under correct headers
+            first = start + 1 if end < size else max(start - 1, 0)
+        data = self.content[first:first + (end - start)]
+        return FakeBody(data, start, True, size, cut=self._cut(fault, end - start),
+                        reset=fault == "reset")
+
+    @staticmethod
+    def _cut(fault: str, length: int) -> int | None:
+        return length // 2 if fault in ("short", "reset") else None
+
+
+def read_all(handle: FileHandle, step: int) -> bytes:
+    parts, offset = [], 0
+    while offset < handle.size:
+        piece = handle.read(offset, step)
+        if not piece:
+            break
+        parts.append(piece)
+        offset += len(piece)
+    return b"".join(parts)
+
+
+@settings(max_examples=150, deadline=None)
+@given(size=st.integers(1, 12 * CHUNK), plan=st.lists(st.sampled_from(FAULTS), max_size=12),
+       step=st.sampled_from([100, CHUNK // 2, CHUNK, 3 * CHUNK]), digest=st.booleans(),
+       seed=st.binary(min_size=16, max_size=16))
+def test_whole_reads_give_the_bytes_or_an_error_never_wrong_bytes(
+        size: int, plan: list[str], step: int, digest: bool, seed: bytes) -> None:
+    content = (hashlib.sha256(seed).digest() * (size // 32 + 1))[:size]
+    content = bytes((b + i) % 256 for i, b in enumerate(content))  # no two chunks alike
+    if not digest:  # bytes one off cannot be caught without an MD5: not part of this promise
+        plan = [f for f in plan if f != "shift"]
+    client = FakeClient(content, plan)
+    pool = ThreadPoolExecutor(4)
+    fetcher = Fetcher(client, None, CHUNK, pool=pool, retries=3, backoff=0.0, deadline=5)  # type: ignore[arg-type]
+    file = RemoteFile("/data/f", size, hashlib.md5(content).hexdigest() if digest else None)
+    try:
+        for _ in range(3):  # a failed read may be followed by a good one, never a wrong one
+            handle = FileHandle(fetcher, file)
+            try:
+                got = read_all(handle, step)
+            except XnatfsError:
+                continue
+            finally:
+                handle.close()
+            assert got == content
+    finally:
+        fetcher.close()
+        pool.shutdown(wait=True)
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.integers(CHUNK + 1, 8 * CHUNK),
+       reads=st.lists(st.tuples(st.integers(0, 8 * CHUNK), st.integers(1, 2 * CHUNK)),
+                      min_size=1, max_size=20),
+       plan=st.lists(st.sampled_from(["ok", "short", "reset", "5xx", "whole"]), max_size=8))
+def test_random_reads_are_exact_or_fail(size: int, reads: list[tuple[int, int]],
+                                        plan: list[str]) -> None:
+    content = bytes(i * 7 % 251 for i in range(size))
+    fetcher = Fetcher(FakeClient(content, plan), None, CHUNK, pool=ThreadPoolExecutor(2),  # type: ignore[arg-type]
+                      retries=2, backoff=0.0, deadline=5)
+    handle = FileHandle(fetcher, RemoteFile("/data/g", size, None))
+    try:
+        for offset, length in reads:
+            try:
+                got = handle.read(offset, length)
+            except XnatfsError:
+                continue
+            assert got == content[offset:offset + length]
+    finally:
+        handle.close()
+        fetcher.close()

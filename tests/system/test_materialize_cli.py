@@ -88,8 +88,11 @@ def test_kill_9_then_rerun_continues_and_skips_verified_files(emu, tmp_path):
         finals, parts = set(), {}
         for p in out.rglob("*") if out.exists() else ():
             if p.name.endswith(PART_SUFFIX):
-                parts[str(p.relative_to(out).parent / p.name[1:-len(PART_SUFFIX)])] = \
-                    p.stat().st_size
+                try:  # renamed into place between the listing and now: a final next round
+                    size = p.stat().st_size
+                except FileNotFoundError:
+                    continue
+                parts[str(p.relative_to(out).parent / p.name[1:-len(PART_SUFFIX)])] = size
             elif p.is_file() and not is_record(p, out):
                 finals.add(str(p.relative_to(out)))
         if finals and any(size >= CHUNK_SIZE for size in parts.values()):

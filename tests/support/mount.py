@@ -4,6 +4,7 @@ always unmounted at teardown (the ``mount`` fixture in ``tests.support.fixtures`
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.oracle import PASSWORD
+from tests.support.oracle import PASSWORD, Oracle
 from xnatfs.mount.host import is_mounted
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
@@ -103,3 +104,15 @@ def tree_of(root: str | Path) -> dict[str, str]:
         for name in files:
             out[os.path.normpath(os.path.join(rel, name))] = "file"
     return out
+
+
+def read_outcomes(m: Mount, oracle: Oracle) -> dict[str, str]:
+    """Read every file of ``oracle`` through the mount once: 'ok', 'WRONG BYTES' or the name of
+    the errno the read failed with."""
+    outcome = {}
+    for path in oracle.files:
+        try:
+            outcome[path] = "ok" if (m / path).read_bytes() == oracle.read(path) else "WRONG BYTES"
+        except OSError as exc:
+            outcome[path] = errno.errorcode[exc.errno]
+    return outcome

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse
+from tests.support.mount import Mount, needs_fuse, read_outcomes
 from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.pages import login_page
@@ -320,12 +320,7 @@ def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path
     emu, url, oracle, tamper = rig(fault)
     m = mount(SimpleNamespace(url=url), "--timeout", fault.timeout, "--ttl", "1")
     lost = fault.lost(oracle) if fault.lost else set()
-    outcome = {}
-    for path in oracle.files:
-        try:
-            outcome[path] = "ok" if (m / path).read_bytes() == oracle.read(path) else "WRONG BYTES"
-        except OSError as exc:
-            outcome[path] = errno.errorcode[exc.errno]
+    outcome = read_outcomes(m, oracle)
     allowed = {"ok", "EIO"} | ({"ENOENT"} if "404" in name else set())
     assert set(outcome.values()) <= allowed, outcome
     random = any(k.endswith("_rate") for k in fault.knobs)

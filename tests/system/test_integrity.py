@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse
+from tests.support.mount import Mount, needs_fuse, read_outcomes
 from tests.support.oracle import Oracle
 from tests.system import test_faults
 from tests.system.test_faults import Fault, assert_materialized, logins, materialize, victim
@@ -37,17 +37,6 @@ from xnatfs.xnat.credentials import Credentials
 rig, archive = test_faults.rig, test_faults.archive  # fixtures
 pytestmark = pytest.mark.timeout(180)
 USERS = {"alice": "secret"}
-
-
-def _read_all(m: Mount, oracle: Oracle) -> dict[str, str]:
-    """Read every file through the mount once: 'ok', 'WRONG BYTES' or the errno's name."""
-    outcome = {}
-    for path in oracle.files:
-        try:
-            outcome[path] = "ok" if (m / path).read_bytes() == oracle.read(path) else "WRONG BYTES"
-        except OSError as exc:
-            outcome[path] = errno.errorcode[exc.errno]
-    return outcome
 
 
 # -- 1. a login page is never data -------------------------------------------------------------
@@ -80,7 +69,7 @@ def test_mount_never_serves_a_login_page_as_a_file(rig, mount: Callable[..., Mou
     for path in paths:
         assert (m / path).stat().st_size == len(oracle.read(path)), path
     emu.expire_sessions()
-    assert _read_all(m, oracle) == dict.fromkeys(oracle.files, "ok")
+    assert read_outcomes(m, oracle) == dict.fromkeys(oracle.files, "ok")
 
 
 def test_materialize_never_saves_a_login_page(rig, capsys, tmp_path: Path) -> None:
@@ -115,7 +104,7 @@ def test_every_206_wrong_gives_right_bytes_or_eio_never_wrong_bytes(
     assert any(r.fault == "shift" for r in emu.log)
     # Once the lie is known, the whole-file fallback brings the right bytes.
     assert outcomes[-1] == "ok"
-    assert set(_read_all(m, oracle).values()) == {"ok"}
+    assert set(read_outcomes(m, oracle).values()) == {"ok"}
 
 
 def test_materialize_with_every_206_wrong_writes_only_right_files(rig, capsys, tmp_path: Path):
@@ -135,7 +124,7 @@ COMBINED = {"error_rate": 0.3, "reset_rate": 0.1, "truncate_rate": 0.05, "fault_
 def test_resets_and_5xx_never_fail_a_read_on_the_first_pass(rig, mount: Callable[..., Mount]):
     emu, url, oracle, _ = rig(Fault(COMBINED))
     m = mount(SimpleNamespace(url=url), "--timeout", "5")
-    assert _read_all(m, oracle) == dict.fromkeys(oracle.files, "ok")
+    assert read_outcomes(m, oracle) == dict.fromkeys(oracle.files, "ok")
     assert sum(r.fault is not None for r in emu.log) > 5
 
 

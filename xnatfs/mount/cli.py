@@ -56,15 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_mount_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", metavar="DIR",
-                   help="chunk cache folder (default: the user cache folder, xnatfs/chunks)")
+                   help="chunk cache folder, which also keeps the last listings for use while "
+                        "the server is away (default: the user cache folder, xnatfs/chunks)")
     p.add_argument("--cache-size", type=parse_size, default=parse_size("10G"), metavar="SIZE",
                    help="cache size limit, e.g. 500M, 20G (default 10G); 5%% of the disk is "
                         "always left free")
     p.add_argument("--ttl", type=positive_float, default=60.0, metavar="SECONDS",
                    help="how long listings are trusted before XNAT is asked again (default 60)")
     p.add_argument("--timeout", type=positive_float, default=20.0, metavar="SECONDS",
-                   help="a read waiting this long for data is retried, then fails with EIO "
-                        "(default 20)")
+                   help="the longest any request or file operation waits on the server "
+                        "(plus at most a second of retries) before EIO (default 20)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground, logging to stderr; Ctrl-C unmounts")
     p.add_argument("--log-file", metavar="FILE",

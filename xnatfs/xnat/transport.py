@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import certifi
 import urllib3
 from urllib3.exceptions import (
     HTTPError,
@@ -122,8 +123,8 @@ class Transport:
             "maxsize": pool_size, "block": False, "retries": False,
             "cert_reqs": ssl.CERT_REQUIRED if verify else ssl.CERT_NONE,
         }
-        if isinstance(verify, str):
-            options["ca_certs"] = verify
+        if verify:  # the same CA bundle as requests uses for listings: certifi's, or the user's
+            options["ca_certs"] = verify if isinstance(verify, str) else certifi.where()
         proxy = session.proxies.get(client.base_url.split(":", 1)[0])
         self._pool: urllib3.PoolManager = (
             urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options))

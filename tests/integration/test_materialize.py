@@ -486,3 +486,30 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(emu, capsys, tmp_pa
     (tmp_path / "file").write_text("x")
     code, _out, err = run(capsys, emu.url, "PROJ01", "-o", str(tmp_path / "file" / "out"))
     assert code == 2 and err.count("\n") == 1 and "cannot create" in err
+
+
+def test_a_rangeless_server_streams_a_large_file_once_and_the_mount_cache_stays_as_it_was(
+        capsys, tmp_path: Path, monkeypatch) -> None:
+    size = 20 * CHUNK_SIZE + 99  # more chunks than the reader keeps in memory
+    archive = synthetic_archive(SyntheticSpec(
+        projects=1, subjects=1, sessions=1, scans=1, dicoms=0, niftis=1, nifti_size=size,
+        assessors=0, session_resources=0, subject_resources=0, project_resources=0, seed=8))
+    cache_dir = tmp_path / "mount-cache"
+    seeded = ChunkCache(str(cache_dir))
+    seeded.put_blob("someone else's", b"x")  # the mount's cache, with something in it
+    before = seeded.stats()["entries"]
+    seeded.close()
+    monkeypatch.setenv("XNAT_USER", "alice")
+    monkeypatch.setenv("XNAT_PASS", "secret")
+    with Emulator(archive, EmulatorConfig(range_enabled=False), users=USERS) as emu:
+        code, _out, err = run(capsys, emu.url, "/", "-o", str(tmp_path / "out"),
+                              "--cache-dir", str(cache_dir))
+        assert code == 0, err
+        assert_same_as_tree(emu, tmp_path / "out", "/")
+        sent = emu.log.bytes_sent(kind="file")
+    # Streamed once, plus what the requests sent before the first answer showed that Range is
+    # ignored brought of the file ahead of their chunk (a window of them, then never again).
+    assert sent <= 2 * size, f"{sent / size:.1f}x the file"
+    after = ChunkCache(str(cache_dir))
+    assert after.stats()["entries"] == before  # materialize only ever reads the mount's cache
+    after.close()

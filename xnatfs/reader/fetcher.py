@@ -50,7 +50,10 @@ The end of a file read without its start is served unchecked but never kept, so 
 whole-file read meets the check.
 
 A server that answers a Range with 200 is remembered: from then on every file is streamed once
-from its start, for all of its readers, instead of once per reader and range.
+from its start, for all of its readers, instead of once per reader and range. Where no disk
+cache keeps what such a stream brings ahead of its readers (``store=False``, materialize), the
+chunks are held for them and the stream waits once ``HELD_AHEAD`` are unread, rather than run
+ahead into an LRU that would drop them and start the file over from byte 0.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be reached
 MAX_DIGESTS = 8  # files whose MD5 is being computed at once (each holds chunks pending)
+HELD_AHEAD = 8  # chunks a whole-file stream holds unread for readers without a disk cache
+HELD_MAX = 64  # chunks held at most in all (the oldest go first)
 FileKey = tuple[str, str]
 Key = tuple[str, str, int]
 
@@ -119,6 +124,8 @@ class Fetcher:
         self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
         self.whole_files: str | None = None  # why every file is fetched whole, if it is
         self._streams: set[_Delivery] = set()  # whole-file bodies finishing on their own
+        self._held: dict[Key, bytes] = {}  # streamed ahead, unread, no disk to keep them
+        self._taken = threading.Condition(self._lock)
         self._unreachable = False
         self._next_probe = 0.0
         # Requests in flight for read-ahead, across all files: enough to fill a link's
@@ -201,8 +208,16 @@ class Fetcher:
         with self._memory_lock:
             data = self._memory.get(key)
         if data is not None:
+            if self._held:  # a reader has it now: the stream holding it may go on
+                with self._lock:
+                    if self._held.pop(key, None) is not None:
+                        self._taken.notify_all()
             return data
         with self._lock:
+            data = self._held.pop(key, None)
+            if data is not None:
+                self._taken.notify_all()
+                return data
             future = self._inflight.get(key)
             if future is None:
                 # A fetch may have finished since memory was looked at: it remembers the
@@ -216,7 +231,11 @@ class Fetcher:
                 mine = None
         if mine is None:
             try:
-                return future.result(max(0.0, deadline - time.monotonic()))
+                data = future.result(max(0.0, deadline - time.monotonic()))
+                with self._lock:
+                    if self._held.pop(key, None) is not None:
+                        self._taken.notify_all()
+                return data
             except TimeoutError:
                 raise ServerTimeout(f"chunk {index} of {file.uri} is still on its way after "
                                     f"{self.deadline:g} s") from None
@@ -373,6 +392,18 @@ class Fetcher:
             future.set_exception(exc)
         claims.clear()
 
+    def _hold(self, file: RemoteFile, index: int, data: bytes) -> None:
+        """Keep a chunk a stream brought ahead until a reader takes it; wait while this file
+        has ``HELD_AHEAD`` unread (see the module docstring). Readers that never come cost a
+        wait of the deadline, then the stream goes on and the oldest held chunks are dropped."""
+        with self._lock:
+            self._held[_key(file, index)] = data
+            while len(self._held) > HELD_MAX:
+                del self._held[next(iter(self._held))]
+            self._taken.wait_for(
+                lambda: sum(k[:2] == _file_key(file) for k in self._held) < HELD_AHEAD,
+                timeout=self.deadline)
+
     def _remember(self, key: Key, data: bytes) -> None:
         with self._memory_lock:
             self._memory[key] = data
@@ -496,9 +527,12 @@ class _Delivery:
                 data = self.pieces.take(end - start)
                 if self.index in self.claims:
                     extra = self.index in self.extra
+                    hold = extra and not (self.store and fetcher.cache is not None)
                     fetcher._deliver(file, self.index, data, self.claims,
                                      memory=self.store or extra, disk=self.store,
                                      ranged=self.body.ranged)
+                    if hold:
+                        fetcher._hold(file, self.index, data)
                 else:
                     fetcher._digest(file, self.index, data, ranged=self.body.ranged)
                 self.index += 1

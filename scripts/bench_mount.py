@@ -146,15 +146,10 @@ def wan_copy(b: Bench) -> None:
             mat.append(done.seconds)
             mat_cpu.append(done.cpu)
             mat_rss.append(done.peak_rss)
-            out, cache = b.folder("out"), b.folder("cache")
-            with b.mount(emu.url, cache) as m:
-                drop_caches()
-                seconds, used, requests = timed(m, emu, ["cp", "-r", str(m.point / SESSION_PATH),
-                                                         str(out)])
-                rss.append(m.peak_rss())
-            check(out, expected, "cp -r through the mount")
+            seconds, used, peak, requests = copy_session(b, emu, expected)
             cp.append(seconds)
             cpu.append(used)
+            rss.append(peak)
             notes.append(requests)
     t, tm = median(cp), median(mat)
     what = f"{len(expected):,} files, {human(total)}"
@@ -245,15 +240,10 @@ def loopback_copy(b: Bench) -> None:
         times, baseline, cpu, rss, notes = [], [], [], [], []
         for _ in range(c.runs):
             baseline.append(run(curl_cmd, input=curl_input).seconds)
-            out = b.folder("out")
-            with b.mount(emu.url, b.folder("cache")) as m:
-                drop_caches()
-                seconds, used, requests = timed(m, emu, ["cp", "-r", str(m.point / SESSION_PATH),
-                                                         str(out)])
-                rss.append(m.peak_rss())
-            check(out, expected, "cp -r through the mount")
+            seconds, used, peak, requests = copy_session(b, emu, expected)
             times.append(seconds)
             cpu.append(used)
+            rss.append(peak)
             notes.append(requests)
     t, curl = median(times), median(baseline)
     n = len(expected)
@@ -298,6 +288,20 @@ FIGURES: dict[str, Callable[[Bench], None]] = {
 
 
 # -- pieces --------------------------------------------------------------------------------
+
+
+def copy_session(b: Bench, emu: Emulator, expected: list[tuple[int, str]],
+                 ) -> tuple[float, float, int, str]:
+    """``cp -r`` of the session through a fresh mount on an empty cache, checked: seconds,
+    mount CPU seconds, mount peak RSS, and the requests it cost."""
+    out = b.folder("out")
+    with b.mount(emu.url, b.folder("cache")) as m:
+        drop_caches()
+        seconds, used, requests = timed(m, emu, ["cp", "-r", str(m.point / SESSION_PATH),
+                                                 str(out)])
+        peak = m.peak_rss()
+    check(out, expected, "cp -r through the mount")
+    return seconds, used, peak, requests
 
 
 def timed(m: Mount, emu: Emulator, cmd: list[str]) -> tuple[float, float, str]:

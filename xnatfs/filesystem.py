@@ -116,10 +116,6 @@ class _Stack:
         self.reader = _Reader(self.client, options.cache_dir, options.cache_size)
         self.pid = os.getpid()
 
-    def remote(self, node: Node) -> RemoteFile:
-        """The node's file with its size known (asked of the server when the listing had
-        none)."""
-        return self.tree.resolve(node)
 
 
 _STACKS: dict[_Options, _Stack] = {}
@@ -236,7 +232,7 @@ class XnatFileSystem(AbstractFileSystem):
         if node.is_dir:
             raise IsADirectoryError(errno.EISDIR, "is a folder", path)
         with _errors(path):
-            return self.stack.remote(node)
+            return self.stack.tree.resolve(node)
 
     def _children(self, path: str, node: Node) -> dict[str, Node]:
         with _errors(path):

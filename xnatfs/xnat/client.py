@@ -233,7 +233,7 @@ class XnatClient:
         try:
             return self.session.request(method, self.url(path), **kw)
         except requests.exceptions.SSLError as exc:
-            raise self._tls_error(_reason(exc)) from None
+            raise self.tls_error(_reason(exc)) from None
         except requests.ConnectTimeout as exc:
             raise ConnectError(f"cannot reach {self.base_url}: {_reason(exc)}") from None
         except requests.ReadTimeout:
@@ -292,7 +292,7 @@ class XnatClient:
                             f"after {MAX_LOST} fresh logins ({unquote(path)})")
         self._relogin(generation)
 
-    def _tls_error(self, reason: str) -> TLSError:
+    def tls_error(self, reason: str) -> TLSError:
         """Name the real cause: a plain-HTTP port, a certificate, or the handshake itself."""
         reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", reason).rsplit("] ", 1)[-1]
         if any(sign in reason for sign in _NOT_TLS):

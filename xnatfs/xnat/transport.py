@@ -143,8 +143,11 @@ class Transport:
         if start > 0 or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         connect, read = client.timeout
+        lost = 0  # lost sessions met by this request
+        head = b""  # an HTML file's body, read to tell it from a login page
 
         def attempt(left: float) -> urllib3.BaseHTTPResponse:
+            nonlocal lost, head
             while True:
                 generation = client.generation
                 cookie = client.session.cookies.get("JSESSIONID")
@@ -158,9 +161,8 @@ class Transport:
                 except NewConnectionError as exc:
                     raise ConnectError(f"cannot reach {client.base_url}: {_reason(exc)}") \
                         from None
-                except SSLError:
-                    raise ConnectError(f"TLS failed for {client.base_url} (see --insecure and "
-                                       "REQUESTS_CA_BUNDLE)") from None
+                except SSLError as exc:
+                    raise client.tls_error(_reason(exc)) from None
                 except ReadTimeoutError:
                     raise ServerTimeout(f"{client.base_url} sent nothing for {left:.3g} s "
                                         f"({uri})") from None
@@ -170,18 +172,17 @@ class Transport:
                 page = login_page(resp, uri)
                 if resp.status == 401 or page is True:
                     resp.close()
-                    lost[0] += 1
-                    client.session_lost(generation, path, lost[0])
+                    lost += 1
+                    client.session_lost(generation, path, lost)
                     continue
                 try:
                     client.check_status(resp.status, path)
                 except BaseException:
                     resp.close()
                     raise
-                head[0] = page or b""
+                head = page or b""
                 return resp
 
-        lost, head = [0], [b""]
         resp = client.retrying(attempt, read, f"GET {uri}")
         length = _int(resp.headers.get("Content-Length"))
         if resp.status == 206:
@@ -199,7 +200,7 @@ class Transport:
         if resp.status != 200:
             resp.close()
             raise ServerError(f"HTTP {resp.status} from the server for {uri}")
-        return Body(resp, 0, length, length, False, uri, head[0])
+        return Body(resp, 0, length, length, False, uri, head)
 
     def close(self) -> None:
         self._pool.clear()

@@ -168,3 +168,47 @@ def test_files_of_a_folder_opened_in_order_are_fetched_ahead(
     assert [fetcher.cached(f, 0) is not None for f in files] == \
         [False] * 7 + [True] * 4 + [False]
     assert emu.log.count(kind="file") == 4
+
+
+def test_a_cold_reader_keeps_pace_with_its_md5_and_never_reads_the_disk_back(
+        emu: Emulator, tmp_path: Path, big: File, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On two cores of loopback the MD5 is the slowest stage: a reader allowed to run ahead
+    of it filled memory with chunks waiting to be hashed, and the memory's LRU sent chunks
+    fetched ahead (and those the hash still needed) back through the disk cache."""
+    from xnatfs.reader import fetcher as fetcher_module
+    from xnatfs.reader.verify import Verifier
+
+    update = Verifier.update
+
+    def slow_update(self: Verifier, data: bytes | memoryview) -> None:
+        time.sleep(0.005)  # a hash slower than the network, as MD5 is on loopback
+        update(self, data)
+
+    monkeypatch.setattr(Verifier, "update", slow_update)
+    disk_reads = []
+
+    class Counting(ChunkCache):
+        def get(self, file: RemoteFile, index: int) -> bytes | None:
+            data = super().get(file, index)
+            if data is not None:
+                disk_reads.append(index)
+            return data
+
+    client = XnatClient(emu.url, Credentials("alice", "secret"))
+    client.login()
+    f = Fetcher(client, Counting(str(tmp_path / "c"), 64 << 20, chunk_size=CHUNK), CHUNK,
+                pool=ThreadPoolExecutor(POOL))
+    handle = FileHandle(f, remote(big))
+    lags = []
+    data = bytearray()
+    while len(data) < SIZE:
+        data += handle.read(len(data), CHUNK // 4)
+        state = f._digests.get((big.uri, remote(big).version))
+        if state is not None:
+            lags.append(len(data) // CHUNK - state.next)
+    assert bytes(data) == big.read()
+    assert disk_reads == []
+    assert max(lags) <= fetcher_module.LAG + 1
+    handle.close()
+    f.close()
+    client.close()

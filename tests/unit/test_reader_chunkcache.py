@@ -7,6 +7,7 @@ import random
 import shutil
 import stat
 import subprocess
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,6 +92,18 @@ def test_damaged_entry_is_dropped_not_served(tmp_path: Path, damage: str) -> Non
     # A missing value file may leave its index row (diskcache cannot tell it from a concurrent
     # cull); in every case the next put replaces the entry and is served.
     assert cache.put(FILE, 0, data(0)) and cache.get(FILE, 0) == data(0)
+
+
+def test_entries_checked_with_crc32_by_earlier_versions_are_still_served(
+        tmp_path: Path) -> None:
+    """XXH3 replaced CRC32 as the entry checksum; a cache written before keeps its chunks,
+    and a damaged one of those is still caught."""
+    cache = make(tmp_path / "c")
+    crc_tag = (CHUNK << 32) | zlib.crc32(data(0))
+    cache._cache.set(cache._key(FILE, 0), data(0), tag=crc_tag)
+    cache._cache.set(cache._key(FILE, 1), data(1), tag=crc_tag)  # data(1) is not what was hashed
+    assert cache.get(FILE, 0) == data(0)
+    assert cache.get(FILE, 1) is None and not cache.contains(FILE, 1)
 
 
 def test_size_limit_holds_at_every_insert_and_evicts_least_recently_used(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from xnatfs.errors import DigestMismatch
 from xnatfs.reader.fetcher import Fetcher
+from xnatfs.reader.policy import TOLERANCE
 from xnatfs.reader.readahead import Readahead
 from xnatfs.tree.model import RemoteFile
 
@@ -51,9 +52,11 @@ class FileHandle:
         chunk_size = self.fetcher.chunk_size
         first, last = offset // chunk_size, (end - 1) // chunk_size
         if self._served and self.readahead is not None and self.readahead.window:
-            for done in [i for i in self._served if i < first - 1]:
-                self.fetcher.forget(self.file, done)
-                self._served.discard(done)
+            for done in [i for i in self._served if i < first - TOLERANCE]:
+                if self.fetcher.forget(self.file, done):
+                    self._served.discard(done)
+        if self.readahead is not None:
+            self.fetcher.pace(self.file, last)
         parts = []
         for index in range(first, last + 1):
             data = self.fetcher.chunk(self.file, index)

@@ -100,6 +100,13 @@ class InOrder:
                 self.busy = False
                 self.cond.notify_all()
 
+    def catch_up(self, index: int, timeout: float) -> None:
+        """Wait while a thread is hashing and chunk ``index`` is not hashed yet: the pace a
+        reader keeps behind the hash (``Fetcher.pace``). Never for a hash that is not running:
+        a gap it waits on may be one nobody is fetching."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.next > index or not self.busy, timeout=timeout)
+
     def settle(self) -> bool | None:
         """Wait until no thread is hashing; the verdict if the file is complete."""
         with self.cond:

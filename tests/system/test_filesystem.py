@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from tests.support.mount import Mount, needs_fuse
 from xnat_emulator import Archive, Emulator, SyntheticSpec, synthetic_archive
 from xnat_emulator.content import DiskContent, SyntheticContent
 from xnatfs.filesystem import XnatFileSystem
+from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
+from xnatfs.tree.model import RemoteFile
 
 MiB = 1 << 20
 CHUNK = 4 * MiB
@@ -384,13 +387,26 @@ def test_one_cache_with_the_mount(make_emulator: Callable[..., Emulator], big_ar
     cache = str(tmp_path / "shared")
     fs = connect(emulator, tmp_path, cache_dir=cache)
     small = BIG.replace("t1.nii", "small.json")
+    shared = ChunkCache(cache)
+
+    def stored(path: str) -> None:
+        """Chunks are written behind their readers: give the writer a moment to store them."""
+        info = fs.info(path)
+        remote = RemoteFile(info["uri"], info["size"], info.get("md5"))
+        deadline = time.monotonic() + 10
+        while not all(shared.contains(remote, i) for i in range(-(-remote.size // CHUNK_SIZE))) \
+                and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     data = fs.cat_file(BIG)
+    stored(BIG)
     m = mount(emulator, cache_dir=cache)
     before = file_requests(emulator)
     assert (m / BIG).read_bytes() == data
     assert file_requests(emulator) == before
 
     on_mount = (m / small).read_bytes()
+    stored(small)
     before = file_requests(emulator)
     assert fs.cat_file(small) == on_mount
     assert file_requests(emulator) == before

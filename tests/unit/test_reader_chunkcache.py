@@ -7,6 +7,8 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
+import textwrap
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,3 +172,63 @@ def test_floor_evicts_own_chunks_first(small_disk: Path) -> None:
 
 def test_default_dir_is_per_user() -> None:
     assert default_cache_dir().endswith(os.path.join("xnatfs", "chunks"))
+
+
+def test_written_behind_chunks_are_served_at_once_and_stored_by_close(tmp_path: Path) -> None:
+    cache = make(tmp_path / "c")
+    for i in range(8):
+        cache.put_behind(FILE, i, data(i))
+    assert all(cache.get(FILE, i) == data(i) and cache.contains(FILE, i) for i in range(8))
+    cache.close()  # stores what is still waiting
+    again = make(tmp_path / "c")
+    assert all(again.get(FILE, i) == data(i) for i in range(8))
+
+
+def test_a_delete_is_never_undone_by_a_chunk_written_behind(tmp_path: Path) -> None:
+    """The fetcher evicts every chunk of a file that failed its MD5, perhaps while they wait
+    for the writer or while it stores them: none may reach the disk after its delete."""
+    cache = make(tmp_path / "c", limit=1024 * CHUNK)
+    rng = random.Random(3)
+    for round_ in range(20):
+        f = RemoteFile(f"{FILE.uri}.{round_}", FILE.size, FILE.digest)
+        for i in range(10):
+            cache.put_behind(f, i, data(i))
+            if rng.random() < 0.3:
+                cache.delete(f, rng.randrange(i + 1))
+        gone = rng.sample(range(10), 4)
+        for i in gone:
+            cache.delete(f, i)
+        for i in gone:
+            assert cache.get(f, i) is None
+        cache.flush()
+        for i in gone:
+            assert cache.get(f, i) is None and not cache.contains(f, i)
+    cache.close()
+
+
+def test_a_second_cache_on_one_folder_keeps_seeing_other_processes(tmp_path: Path) -> None:
+    """Opening the cache once more in a process must not drop the POSIX locks SQLite holds
+    on its database (closing any descriptor of the file does): a process that did so went
+    on reading a stale view, blind to what a mount committed."""
+    first = make(tmp_path / "c")
+    second = make(tmp_path / "c")
+    second.put(FILE, 0, data(0))
+    assert first.stats()["entries"] == 1
+    script = textwrap.dedent(f"""
+        import random
+        from xnatfs.reader.chunkcache import ChunkCache
+        from xnatfs.tree.model import RemoteFile
+        cache = ChunkCache({str(tmp_path / "c")!r}, {64 * CHUNK}, chunk_size={CHUNK})
+        cache.put(RemoteFile({FILE.uri!r}, {FILE.size}, {FILE.digest!r}), 1,
+                  random.Random(1).randbytes({CHUNK}))
+        print("stored", flush=True)
+        input()  # still open: what it wrote is in the write-ahead log only
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "stored\n"
+        assert first.contains(FILE, 1) and first.get(FILE, 1) == data(1)
+        assert second.get(FILE, 1) == data(1)
+    finally:
+        child.communicate("\n", timeout=30)

@@ -22,12 +22,18 @@ Built on ``diskcache`` (SQLite index + one file per chunk) with these choices, e
   already fills the page cache once, with the file the reader sees; caching the chunk files as
   well doubled the kernel's work, for data re-read at disk speed anyway after a remount
   (measured here: cold reads 1.5x faster, re-reads after a remount no slower).
+* **Written behind** (``put_behind``, what the mount uses): one writer thread takes every
+  chunk waiting and stores them in one SQLite transaction. Readers find waiting chunks as if
+  stored. Each small file stored in its own transaction, from whichever fetch thread got it,
+  cost the mount 0.6 ms of CPU per file in ``cp -r`` of 64 KiB files (59 context switches
+  per file; the lock and the GIL handed between threads at every SQLite call), half of all.
 * **Private**: the directory is 0700, files 0600 (the data may be identifiable patient data).
 * It survives remounts and is safe to share between processes (diskcache is process-safe).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import os
@@ -53,6 +59,7 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 4 << 20
 DIRECT_MIN = 1 << 20  # values this large are written around the page cache
 DEFAULT_SIZE_LIMIT = 10 << 30
+BEHIND_MAX = 32 << 20  # bytes waiting for the writer thread at most
 MIN_FREE_FRACTION = 0.05  # keep 5 % of the cache's file system free, as mountpoint-s3 does
 _CACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
@@ -164,12 +171,20 @@ class ChunkCache:
         self._limit = size_limit - chunk_size
         self._lock = threading.Lock()  # every call into diskcache: see the module docstring
         self._cache = self._open()
+        # Write-behind: chunks waiting for the writer, and the batch it is storing now; both
+        # are served by get(), and change only under _behind.
+        self._waiting: dict[str, bytes] = {}
+        self._batch: dict[str, bytes] = {}
+        self._waiting_bytes = 0
+        self._behind = threading.Condition()
+        self._writer: threading.Thread | None = None
+        self._closing = False
 
     def _open(self) -> diskcache.Cache:
         db = os.path.join(self.directory, diskcache.core.DBNAME)
         # An empty file is a valid SQLite database; creating it 0600 first makes SQLite create
         # its -wal and -shm files 0600 too (they copy the database file's mode).
-        os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+        _create_private(db)
         # cull_limit 2: an insert adds one chunk, so evicting two at most keeps the cache full
         # (diskcache's default of ten throws out more than needed).
         settings = {"size_limit": max(self._limit, 0), "eviction_policy": "least-recently-used",
@@ -179,7 +194,7 @@ class ChunkCache:
         except sqlite3.DatabaseError as exc:
             log.warning("chunk cache %s is damaged (%s); starting it afresh", self.directory, exc)
             self._wipe()
-            os.close(os.open(db, os.O_WRONLY | os.O_CREAT, 0o600))
+            _create_private(db)
             return diskcache.Cache(self.directory, disk=_PrivateDisk, **settings)
 
     def _wipe(self) -> None:
@@ -209,6 +224,11 @@ class ChunkCache:
         return self._put("blob\0" + key, data)
 
     def _get(self, key: str) -> bytes | None:
+        if self._waiting or self._batch:
+            with self._behind:
+                data = self._waiting.get(key) or self._batch.get(key)
+            if data is not None:
+                return data
         try:
             with self._lock:
                 value, tag = self._cache.get(key, read=True, tag=True)
@@ -232,8 +252,11 @@ class ChunkCache:
         """Whether the chunk is stored (unchecked: ``get`` still verifies it). A plain read of
         the index: SQLite's write-ahead log lets it run beside a write, so it takes no turn in
         the lock (read-ahead asks this for every chunk it plans, while chunks are stored)."""
+        key = self._key(file, index)
+        if key in self._waiting or key in self._batch:
+            return True
         try:
-            return self._key(file, index) in self._cache
+            return key in self._cache
         except _CACHE_ERRORS:
             return False
 
@@ -242,24 +265,73 @@ class ChunkCache:
         room under the limit at all, or a disk error). Failing to cache never fails a read."""
         return self._put(self._key(file, index), data)
 
+    def put_behind(self, file: RemoteFile, index: int, data: bytes) -> None:
+        """Store a chunk soon, on the writer thread (see the module docstring); ``get`` and
+        ``contains`` see it at once. Waits while ``BEHIND_MAX`` bytes are waiting already:
+        the disk then sets the pace, and memory stays bounded."""
+        key = self._key(file, index)
+        with self._behind:
+            self._behind.wait_for(lambda: self._waiting_bytes < BEHIND_MAX or self._closing)
+            if self._closing:
+                return
+            old = self._waiting.pop(key, None)
+            self._waiting_bytes += len(data) - (len(old) if old is not None else 0)
+            self._waiting[key] = data
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_behind, daemon=True,
+                                                name="xnatfs-cache-writer")
+                self._writer.start()
+            self._behind.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every chunk handed to ``put_behind`` is stored (or failed to be)."""
+        with self._behind:
+            self._behind.wait_for(lambda: not self._waiting and not self._batch)
+
+    def _write_behind(self) -> None:
+        while True:
+            with self._behind:
+                self._behind.wait_for(lambda: self._waiting or self._closing)
+                if not self._waiting:
+                    return
+                self._batch, self._waiting = self._waiting, {}
+                self._waiting_bytes = 0
+                self._behind.notify_all()
+            try:
+                self._put_many(list(self._batch.items()))
+            except Exception:  # never leave flush() and delete() waiting on a dead writer
+                log.exception("chunk cache writer")
+            finally:
+                with self._behind:
+                    self._batch = {}
+                    self._behind.notify_all()
+
     def _put(self, key: str, data: bytes) -> bool:
-        if len(data) > self._limit or not self._make_room(len(data)):
+        return self._put_many([(key, data)])
+
+    def _put_many(self, items: list[tuple[str, bytes]]) -> bool:
+        """Store chunks in one transaction; False if any is not cached (see ``put``)."""
+        need = sum(len(data) for _, data in items)
+        if any(len(data) > self._limit for _, data in items) or not self._make_room(need):
             return False
-        tag = _tag(data)
         disk: _PrivateDisk = self._cache.disk
-        value: bytes | _Written = data
+        values: list[tuple[str, bytes | _Written, int]] = []
         try:
-            if len(data) >= disk.min_file_size:
-                value = disk.write(data)  # the slow part, outside the lock
+            for key, data in items:  # the slow part, outside the lock
+                value = disk.write(data) if len(data) >= disk.min_file_size else data
+                values.append((key, value, _tag(data)))
             with self._lock:
-                self._cache.set(key, value, tag=tag)
+                with self._cache.transact():
+                    for key, value, tag in values:
+                        self._cache.set(key, value, tag=tag)
                 # diskcache culls at most ten entries per insert; many tiny ones may not do.
                 if self._cache.volume() > self._limit:
                     self._cache.cull()
         except _CACHE_ERRORS as exc:
             log.warning("chunk cache write failed: %s", exc)
-            if isinstance(value, _Written):
-                disk.remove(value.filename)
+            for _, value, _ in values:
+                if isinstance(value, _Written):
+                    disk.remove(value.filename)
             return False
         return True
 
@@ -267,6 +339,12 @@ class ChunkCache:
         self._delete(self._key(file, index))
 
     def _delete(self, key: str) -> None:
+        with self._behind:
+            data = self._waiting.pop(key, None)
+            if data is not None:
+                self._waiting_bytes -= len(data)
+            # a batch being stored may hold the key: delete after it
+            self._behind.wait_for(lambda: key not in self._batch)
         try:
             with self._lock:
                 self._cache.delete(key)
@@ -319,7 +397,23 @@ class ChunkCache:
         return removed
 
     def close(self) -> None:
+        """Store what is waiting, then close."""
+        with self._behind:
+            self._closing = True
+            self._behind.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
         self._cache.close()
+
+
+def _create_private(path: str) -> None:
+    """Create an empty 0600 file unless one exists. Never open an existing database file: the
+    close of any descriptor drops every POSIX lock this process holds on it, SQLite's own
+    included, and another cache open on the same folder in this process then stopped seeing
+    what other processes committed (a reader and a mount sharing a cache, in one test)."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 _XXH3 = 1 << 62  # the tag's checksum is XXH3's low 32 bits, not CRC32 (lengths stay < 2**30)

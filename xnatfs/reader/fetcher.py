@@ -406,7 +406,7 @@ class Fetcher:
                 self._inflight.pop(key, None)
             future.set_result(data)
         if disk and keep and self.cache is not None:
-            self.cache.put(file, index, data)
+            self.cache.put_behind(file, index, data)
         if not early:
             self._digest(file, index, data, ranged=ranged)
 

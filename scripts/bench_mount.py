@@ -11,9 +11,11 @@ Figures (the targets are issue 8's "Done means"):
   the link limit and against ``xnatfs materialize`` of the same session;
 * ``wan-read``: cold ``dd bs=1M`` of a 256 MiB file, against the link limit and against 8
   parallel ranged curls of the same file;
-* ``loop-read``: cold ``dd`` of a 256 MiB file against a single-stream curl, with the mount's
-  CPU seconds per GiB; then re-reads from the page cache, and after a remount with the page
-  cache dropped, from the chunk cache;
+* ``loop-read``: cold ``dd`` of a 256 MiB file against a single-stream curl, and against the
+  same curl piped into ``md5sum`` (a download checked as the mount checks it: MD5, not the
+  network, is then the limit on loopback), with the mount's CPU seconds per GiB; then
+  re-reads from the page cache, and after a remount with the page cache dropped, from the
+  chunk cache;
 * ``loop-copy``: ``cp -r`` of 1,000 files of 64 KiB against one curl process fetching the same
   URLs in turn on one kept-alive connection, with the mount's CPU milliseconds per file;
 * ``tree``: ``ls -lR`` of 10,000 files in 10 sessions (requests sent: none may be a download)
@@ -43,6 +45,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -193,9 +196,15 @@ def loopback_read(b: Bench) -> None:
     with scratch("bench-emu-") as logs, Emulator(big_file_spec(size), workdir=logs) as emu:
         [row] = emu.files(SCAN_FILES)
         curl_cmd, curl_input = curl_in_turn(emu.url, [row["URI"]])
-        cold, warm, chunk, baseline, cpu, rss, notes = [], [], [], [], [], [], []
+        checked_cmd = ["sh", "-c", f"{shlex.join(curl_cmd)} -o - | md5sum"]
+        checked_input = curl_input.replace('output = "/dev/null"\n', "")
+        cold, warm, chunk, baseline, checked, cpu, rss, notes = [], [], [], [], [], [], [], []
         for _ in range(b.config.runs):
             baseline.append(run(curl_cmd, input=curl_input).seconds)
+            verified = run(checked_cmd, input=checked_input)
+            if row["digest"] not in verified.stdout:
+                raise SystemExit("bench: curl | md5sum did not give the listing's MD5")
+            checked.append(verified.seconds)
             cache = b.folder("cache")
             with b.mount(emu.url, cache) as m:
                 path = find_file(m.point / SESSION_PATH, size)
@@ -215,12 +224,14 @@ def loopback_read(b: Bench) -> None:
                 if any(r.kind == "file" for r in emu.requests(mark)):
                     raise SystemExit("bench: the chunk cache re-read downloaded the file again")
                 rss.append(m.peak_rss())
-    curl = median(baseline)
+    curl, md5 = median(baseline), median(checked)
     rate = f"curl, one stream {mb_per_s(size, curl)}"
     gib = size / 2**30
     t = median(cold)
-    b.table.add(f"loopback: cold `dd bs=1M` of a {human(size)} file", mb_per_s(size, t), rate,
-                f"{curl / t:.2f}x curl speed", "≥ 0.5x curl; ≤ 2 s CPU/GiB",
+    b.table.add(f"loopback: cold `dd bs=1M` of a {human(size)} file", mb_per_s(size, t),
+                f"{rate}; curl | md5sum {mb_per_s(size, md5)}",
+                f"{curl / t:.2f}x curl speed; {md5 / t:.2f}x curl | md5sum",
+                "≥ 0.5x curl; ≤ 2 s CPU/GiB",
                 f"{median(cpu):.2f} s ({median(cpu) / gib:.1f} s/GiB)",
                 b.rss("loopback dd", rss), notes[-1])
     for name, times in (("warm re-read (page cache)", warm),

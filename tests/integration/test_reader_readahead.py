@@ -175,7 +175,7 @@ def test_a_cold_reader_keeps_pace_with_its_md5_and_never_reads_the_disk_back(
     """On two cores of loopback the MD5 is the slowest stage: a reader allowed to run ahead
     of it filled memory with chunks waiting to be hashed, and the memory's LRU sent chunks
     fetched ahead (and those the hash still needed) back through the disk cache."""
-    from xnatfs.reader import fetcher as fetcher_module
+    from xnatfs.reader.integrity import LAG
     from xnatfs.reader.verify import Verifier
 
     update = Verifier.update
@@ -203,12 +203,12 @@ def test_a_cold_reader_keeps_pace_with_its_md5_and_never_reads_the_disk_back(
     data = bytearray()
     while len(data) < SIZE:
         data += handle.read(len(data), CHUNK // 4)
-        state = f._digests.get((big.uri, remote(big).version))
-        if state is not None:
-            lags.append(len(data) // CHUNK - state.next)
+        hashed = f.checks.hashed(remote(big))
+        if hashed is not None:
+            lags.append(len(data) // CHUNK - hashed)
     assert bytes(data) == big.read()
     assert disk_reads == []
-    assert max(lags) <= fetcher_module.LAG + 1
+    assert max(lags) <= LAG + 1
     handle.close()
     f.close()
     client.close()

@@ -33,24 +33,18 @@ Contract (stable; other front ends code against it)
     than the read-ahead window sent half of a cold read back through the disk).
 ``pace(file, index)``
     Called by a reader before it takes chunk ``index``: waits while the file's running MD5
-    is hashing more than ``LAG`` chunks behind it (see the method).
+    is hashing more than ``integrity.LAG`` chunks behind it.
 ``chunk_count(file)``, ``chunk_bounds(file, index) -> (start, end)``, ``close()``.
 
-A chunk goes to the disk cache after its waiters have it, in the thread that fetched it: the
-reader never waits for the disk, and a chunk read ahead is on disk before the next one of its
-request is taken, so it is found there even if memory let it go.
+A chunk is queued for the disk cache before its waiters have it (``ChunkCache.put_behind``:
+stored by the cache's writer thread; readers wait for the disk only when it falls 32 MiB
+behind), and the cache serves it from then on, written or waiting.
 
-MD5 (``verify.py``, the check materialize uses too): when the listing has a digest, a file
-fetched from its first chunk onwards is hashed in order as chunks arrive (GIL-free, after the
-reader has its bytes, except for the last chunk, which is held back until the hash is checked;
-so is whichever chunk completes the hash). The
-guarantee is about what a reader received: a mismatch evicts every chunk of the file, fails
-that read, and ``taint(file)`` moves on, so every handle that was given bytes of the file before
-fails its next read too (``FileHandle`` checks it). The file is then fetched whole, without
-Range: if those bytes pass, the server's ranged answers are what lied, and every file is read
-whole from then on; if they fail too, the file version is bad and every read of it is EIO.
-The end of a file read without its start is served unchecked but never kept, so a later
-whole-file read meets the check.
+MD5: every chunk passes through ``integrity.Checks`` (see there), which hashes files fetched
+from their start in order, holds back the chunk that completes a hash until it is checked, and
+decides what follows a mismatch (the file evicted, fetched whole, or never served again). The
+end of a file read without its start is served unchecked but never kept, so a later whole-file
+read meets the check.
 
 A server that answers a Range with 200 is remembered: from then on every file is streamed once
 from its start, for all of its readers, instead of once per reader and range. Where no disk
@@ -65,7 +59,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 
 from cachetools import LRUCache
@@ -78,8 +72,9 @@ from xnatfs.errors import (
     XnatfsError,
 )
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
+from xnatfs.reader.integrity import LAG, Checks
+from xnatfs.reader.integrity import key as _file_key
 from xnatfs.reader.policy import MAX_WINDOW, TOLERANCE
-from xnatfs.reader.verify import MAX_PENDING, GiveUp, InOrder
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.transport import PIECE, Body
@@ -87,16 +82,13 @@ from xnatfs.xnat.transport import PIECE, Body
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be reached
-MAX_DIGESTS = 8  # files whose MD5 is being computed at once (each holds chunks pending)
 HELD_AHEAD = 8  # chunks a whole-file stream holds unread for readers without a disk cache
 HELD_MAX = 64  # chunks held at most in all (the oldest go first)
-LAG = 4  # chunks a reader may be ahead of its file's running MD5 while it is hashing
 # Chunks kept in memory by default: a sequential reader's read-ahead window, the chunks behind
 # it that late kernel reads may still ask for, and those its MD5 has yet to hash. A memory any
 # smaller drops chunks fetched ahead before they are read (LRU): 60-90 % of a cold 1 GiB read
 # then came back through the disk, measured with 48 MiB against a 48 MiB window.
 MEMORY_CHUNKS = MAX_WINDOW + TOLERANCE + LAG
-FileKey = tuple[str, str]
 Key = tuple[str, str, int]
 
 
@@ -127,13 +119,10 @@ class Fetcher:
         memory = MEMORY_CHUNKS * chunk_size if memory is None else memory
         self._memory: LRUCache[Key, bytes] = LRUCache(memory, getsizeof=len)
         self._memory_lock = threading.Lock()
-        self._lock = threading.Lock()  # guards _inflight, _digests, _suspect, _bad
+        self._lock = threading.Lock()  # guards _inflight, _streams, _held
         self._inflight: dict[Key, Future[bytes]] = {}
-        self._digests: LRUCache[FileKey, InOrder] = LRUCache(MAX_DIGESTS)
-        self._suspect: set[FileKey] = set()  # failed their MD5: fetched whole from now on
-        self._bad: set[FileKey] = set()  # failed it whole too: never served again
-        self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
-        self.whole_files: str | None = None  # why every file is fetched whole, if it is
+        self.checks = Checks(self, server=client.base_url, deadline=deadline)
+        self._ignores_range = False  # the server answered a Range with the whole file
         self._streams: set[_Delivery] = set()  # whole-file bodies finishing on their own
         self._held: dict[Key, bytes] = {}  # streamed ahead, unread, no disk to keep them
         self._taken = threading.Condition(self._lock)
@@ -162,7 +151,7 @@ class Fetcher:
         deadline = time.monotonic() + self.deadline
         delay = self.backoff
         for attempt in itertools.count():
-            if _file_key(file) in self._bad:
+            if self.checks.bad(file):
                 raise DigestMismatch(f"{file.uri} does not match its MD5 {file.digest}")
             try:
                 return self._chunk_once(file, index, store, deadline)
@@ -176,9 +165,15 @@ class Fetcher:
         raise AssertionError("unreachable")
 
     def taint(self, file: RemoteFile) -> int:
-        """How many times bytes of this file version failed its MD5: a handle that was given
-        any bytes before this number moved must not give out any more."""
-        return self._taint.get(_file_key(file), 0)
+        """How many times bytes of this file version failed its MD5 (``Checks.taint``)."""
+        return self.checks.taint(file)
+
+    @property
+    def whole_files(self) -> str | None:
+        """Why every file is fetched whole, without Range, if it is."""
+        if self._ignores_range:
+            return "the server ignores Range"
+        return self.checks.whole_files
 
     def cached(self, file: RemoteFile, index: int) -> bytes | None:
         """The chunk from memory or the disk cache, or None; never the network."""
@@ -194,32 +189,22 @@ class Fetcher:
         return self.pool.submit(self._prefetch, file, first, last)
 
     def pace(self, file: RemoteFile, index: int) -> None:
-        """Before a reader gets chunk ``index``: wait while the file's running MD5 is hashing
-        more than ``LAG`` chunks behind it. The last read waits for the whole hash anyway; on
-        two cores of loopback the hash is the slowest stage, and a reader far ahead of it only
-        filled memory with chunks waiting to be hashed (a third of a GiB, measured) and sent
-        the ones memory dropped back through the disk. Over a real link the hash is ahead."""
-        if index <= LAG or not file.digest:
-            return
-        with self._lock:
-            state = self._digests.get(_file_key(file))
-        if state is not None:
-            state.catch_up(index - LAG, self.deadline)
+        """Before a reader gets chunk ``index``: keep within reach of the file's running MD5
+        (``Checks.pace``)."""
+        self.checks.pace(file, index)
 
     def forget(self, file: RemoteFile, index: int) -> bool:
         """Drop the chunk from memory (True) unless something still wants it there; see the
         module docstring. Only where there is a disk cache: without it, another reader behind
         would have to fetch it again, from a server that may ignore Range (the whole file up
-        to it). With one, the chunk went to disk right after its reader had it, long before a
-        sequential reader moved past it. Not before the file's running MD5 has it: on two
-        cores the hash trails a cold reader, and a chunk dropped here went back through the
-        disk for it (a fifth of a cold 1 GiB read, measured)."""
+        to it). With one, the chunk was queued for the disk before its reader had it. Not
+        before the file's running MD5 has it: on two cores the hash trails a cold reader, and
+        a chunk dropped here went back through the disk for it (a fifth of a cold 1 GiB read,
+        measured)."""
         if self.cache is None:
             return True
-        with self._lock:
-            state = self._digests.get(_file_key(file))
-            if state is not None and state.next <= index and state.verdict is None:
-                return False
+        if self.checks.wanted(file, index):
+            return False
         with self._memory_lock:
             self._memory.pop(_key(file, index), None)
         return True
@@ -322,7 +307,7 @@ class Fetcher:
         try:
             self._may_connect()
             whole = self.chunk_count(file) == 1 or self.whole_files is not None \
-                or _file_key(file) in self._suspect
+                or self.checks.suspect(file)
             try:
                 if whole:
                     body = self.client.open_file(file.uri)
@@ -341,7 +326,7 @@ class Fetcher:
                 self._unreachable = False
                 log.warning("the server answers again")
             if not whole and not body.ranged and self.whole_files is None:
-                self.whole_files = "the server ignores Range"
+                self._ignores_range = True
                 log.warning("%s ignores Range: every file is streamed whole from now on",
                             self.client.base_url)
             delivery = _Delivery(self, file, body, claims, store)
@@ -394,27 +379,24 @@ class Fetcher:
         # mismatch fails that read instead of surfacing after every byte is out. The last
         # bytes served unchecked (a reader of the end only) are not kept: a later whole-file
         # read must fetch them again and meet the check.
-        early = bool(file.digest) and (last or self._ends_digest(file))
-        verified = self._digest(file, index, data, last=last, ranged=ranged) if early else False
+        early = self.checks.completes(file, index)
+        verified = self.checks.feed(file, index, data, last=last, ranged=ranged) \
+            if early else False
         keep = verified or not last or not file.digest
         key = _key(file, index)
         if memory and keep:
             self._remember(key, data)
+        # Queued for the disk before anyone has it: a reader that moves on and forgets it from
+        # memory must find it in the cache, or a stale read-ahead would fetch it again.
+        if disk and keep and self.cache is not None:
+            self.cache.put_behind(file, index, data)
         future = claims.pop(index, None)
         if future is not None:
             with self._lock:
                 self._inflight.pop(key, None)
             future.set_result(data)
-        if disk and keep and self.cache is not None:
-            self.cache.put_behind(file, index, data)
         if not early:
-            self._digest(file, index, data, ranged=ranged)
-
-    def _ends_digest(self, file: RemoteFile) -> bool:
-        """Whether the file's last chunk already waits in its MD5, so this one may finish it."""
-        with self._lock:
-            state = self._digests.get(_file_key(file))
-        return state is not None and state.count - 1 in state.pending
+            self.checks.feed(file, index, data, ranged=ranged)
 
     def _fail(self, file: RemoteFile, claims: dict[int, Future[bytes]], exc: BaseException) -> None:
         with self._lock:
@@ -440,81 +422,14 @@ class Fetcher:
         with self._memory_lock:
             self._memory[key] = data
 
-    # -- MD5 ---------------------------------------------------------------------------------
+    # -- what the checks need (integrity.Chunks) ---------------------------------------------
 
-    def _digest(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False,
-                ranged: bool = True) -> bool:
-        """Feed the file's running MD5; True once it completes right, IntegrityError if wrong,
-        else False (not known yet, or never: the file was not read from its start). For the
-        ``last`` chunk, first bring the MD5 to its end if the chunks before can be had."""
-        if not file.digest:
-            return False
-        fkey = _file_key(file)
+    def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None:
         with self._lock:
-            state = self._digests.get(fkey)
-            if state is None:
-                if index >= MAX_PENDING:
-                    return False  # not read from its start: only sizes are checked
-                state = self._digests[fkey] = InOrder(file.digest, self.chunk_count(file))
-            state.ranged |= ranged
+            return self._inflight.get(_key(file, index))
 
-        def fill(i: int) -> bytes | None:
-            return self.cached(file, i)
-
-        try:
-            verdict = state.feed(index, data, fill)
-            if verdict is None and last:
-                verdict = self._finish(file, state, fill)
-        except GiveUp:
-            log.debug("not checking MD5 of %s: not read in order", file.uri)
-            verdict = None
-        if verdict is None and state.verdict is None and not state.busy \
-                and len(state.pending) >= MAX_PENDING:
-            with self._lock:
-                self._digests.pop(fkey, None)
-        if verdict is None:
-            return False
-        with self._lock:
-            self._digests.pop(fkey, None)
-            if verdict:
-                if fkey in self._suspect and self.whole_files is None:
-                    self.whole_files = "the server's ranged answers failed MD5 checks"
-                    log.warning("%s sent wrong bytes for ranges of %s that pass whole: every "
-                                "file is fetched whole from now on", self.client.base_url,
-                                file.uri)
-                return True
-            self._taint[fkey] = self._taint.get(fkey, 0) + 1
-            if state.ranged:
-                self._suspect.add(fkey)
-            else:
-                self._bad.add(fkey)
-        self._evict(file)
-        log.warning("%s failed its MD5 check%s", file.uri,
-                    "; fetching it whole" if state.ranged else ": EIO for every read of it")
-        raise DigestMismatch(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
-
-    def _finish(self, file: RemoteFile, state: InOrder,
-                fill: Callable[[int], bytes | None]) -> bool | None:
-        """Hash the chunks missing before the last one: wait for those in flight, take those
-        cached; None if one can be had neither way (a reader of the end only)."""
-        deadline = time.monotonic() + self.deadline
-        while (verdict := state.settle()) is None:
-            gap = state.next
-            with self._lock:
-                future = self._inflight.get(_key(file, gap))
-            try:
-                data = future.result(max(0.0, deadline - time.monotonic())) if future \
-                    else fill(gap)
-            except Exception:  # that fetch failed or timed out: its reader sees why
-                return state.verdict  # False if it failed by completing a wrong MD5
-            if data is None:
-                return None
-            verdict = state.feed(gap, data, fill)
-            if verdict is not None:
-                return verdict
-        return verdict
-
-    def _evict(self, file: RemoteFile) -> None:
+    def evict(self, file: RemoteFile) -> None:
+        """Drop every chunk of the file from memory and the disk cache."""
         for index in range(self.chunk_count(file)):
             with self._memory_lock:
                 self._memory.pop(_key(file, index), None)
@@ -566,7 +481,7 @@ class _Delivery:
                     if hold:
                         fetcher._hold(file, self.index, data)
                 else:
-                    fetcher._digest(file, self.index, data, ranged=self.body.ranged)
+                    fetcher.checks.feed(file, self.index, data, ranged=self.body.ranged)
                 self.index += 1
                 if until is not None and self.index > until and self.claims:
                     return True
@@ -615,6 +530,3 @@ def _size(file: RemoteFile) -> int:
 def _key(file: RemoteFile, index: int) -> Key:
     return (file.uri, file.version, index)
 
-
-def _file_key(file: RemoteFile) -> FileKey:
-    return (file.uri, file.version)

@@ -14,8 +14,8 @@ mountpoint-s3's and rclone's, sized to the links xnatfs meets:
 * A read that is not within ``tolerance`` of the furthest point reached is a seek: the window
   closes and the fetches not yet started are dropped. Kernel readahead sends several reads at
   once through several FUSE threads, so they arrive slightly out of order; the tolerance (four
-  chunks, twice the kernel readahead the mount sets, and mountpoint-s3's forward tolerance for
-  the same reason) keeps that sequential.
+  chunks, four times the kernel readahead the mount sets, and mountpoint-s3's forward
+  tolerance for the same reason) keeps that sequential.
 * Chunks ahead are fetched in spans of ``max(1, window // streams)`` chunks per request, whole
   spans only (the last of the file may be shorter). With the defaults every span is one chunk:
   up to ``maximum`` requests in flight, as many at the end of a file as in its middle (larger

@@ -1,0 +1,189 @@
+"""What the fetcher knows about each file's MD5: running hashes, failures, and what follows.
+
+The fetcher moves bytes; this module decides whether they may be believed. It keeps, per file
+version:
+
+* the running MD5 (``verify.InOrder``) of a file fetched from its first chunk onwards, fed as
+  chunks arrive in any order. The chunk that completes it (normally the last) is checked
+  before its reader gets it, so a whole-file read never completes with bytes that fail;
+* the taint count: how many times bytes of the file failed their MD5. ``FileHandle`` fails
+  every later read of a handle that was given bytes before the count moved;
+* the verdicts that follow a failure: a file whose ranged answers failed is fetched whole from
+  then on (*suspect*); if those bytes pass, the server's ranged answers are what lied and every
+  file is fetched whole (``whole_files``); if they fail too, the file version is *bad* and
+  never served again;
+* the pace of readers: on two cores of loopback the hash is the slowest stage, and a reader far
+  ahead of it only filled memory with chunks waiting to be hashed (a third of a GiB, measured)
+  and sent those memory dropped back through the disk. ``pace`` keeps a reader within ``LAG``
+  chunks of a running hash; over a real link the hash is ahead anyway.
+
+It reaches the fetcher's chunks through ``Chunks``, so it is tested on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Protocol
+
+from cachetools import LRUCache
+
+from xnatfs.errors import DigestMismatch
+from xnatfs.reader.verify import MAX_PENDING, GiveUp, InOrder
+from xnatfs.tree.model import RemoteFile
+
+log = logging.getLogger(__name__)
+
+MAX_DIGESTS = 8  # files whose MD5 is being computed at once (each holds chunks pending)
+LAG = 4  # chunks a reader may be ahead of its file's running MD5 while it is hashing
+FileKey = tuple[str, str]
+
+
+class Chunks(Protocol):
+    """What the checks need of the fetcher."""
+
+    def chunk_count(self, file: RemoteFile) -> int: ...
+    def cached(self, file: RemoteFile, index: int) -> bytes | None: ...
+    def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None: ...
+    def evict(self, file: RemoteFile) -> None: ...
+
+
+class Checks:
+    """The MD5 state of every file a fetcher serves. Thread-safe."""
+
+    def __init__(self, chunks: Chunks, *, server: str, deadline: float) -> None:
+        self.chunks = chunks
+        self.server = server
+        self.deadline = deadline
+        self.whole_files: str | None = None  # why ranged answers are no longer trusted
+        self._lock = threading.Lock()
+        self._running: LRUCache[FileKey, InOrder] = LRUCache(MAX_DIGESTS)
+        self._suspect: set[FileKey] = set()  # failed their MD5: fetched whole from now on
+        self._bad: set[FileKey] = set()  # failed it whole too: never served again
+        self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
+
+    # -- what the fetcher asks -----------------------------------------------------------
+
+    def bad(self, file: RemoteFile) -> bool:
+        return key(file) in self._bad
+
+    def suspect(self, file: RemoteFile) -> bool:
+        return key(file) in self._suspect
+
+    def taint(self, file: RemoteFile) -> int:
+        """How many times bytes of this file version failed its MD5: a handle that was given
+        any bytes before this number moved must not give out any more."""
+        return self._taint.get(key(file), 0)
+
+    def hashed(self, file: RemoteFile) -> int | None:
+        """Chunks of the file hashed so far, or None when no hash of it is running."""
+        with self._lock:
+            state = self._running.get(key(file))
+        return None if state is None else state.next
+
+    def wanted(self, file: RemoteFile, index: int) -> bool:
+        """Whether a running hash of the file has yet to reach chunk ``index``."""
+        with self._lock:
+            state = self._running.get(key(file))
+        return state is not None and state.next <= index and state.verdict is None
+
+    def completes(self, file: RemoteFile, index: int) -> bool:
+        """Whether chunk ``index`` may complete the file's hash: it is the last chunk, or the
+        last one already waits in the hash. Such a chunk is checked before it is handed out."""
+        if not file.digest:
+            return False
+        if index == self.chunks.chunk_count(file) - 1:
+            return True
+        with self._lock:
+            state = self._running.get(key(file))
+        return state is not None and state.count - 1 in state.pending
+
+    def pace(self, file: RemoteFile, index: int) -> None:
+        """Before a reader gets chunk ``index``: wait while the file's hash is running more
+        than ``LAG`` chunks behind it (see the module docstring)."""
+        if index <= LAG or not file.digest:
+            return
+        with self._lock:
+            state = self._running.get(key(file))
+        if state is not None:
+            state.catch_up(index - LAG, self.deadline)
+
+    # -- hashing ---------------------------------------------------------------------------
+
+    def feed(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False,
+             ranged: bool = True) -> bool:
+        """Feed the file's running MD5; True once it completes right, DigestMismatch if wrong
+        (the file's chunks evicted first), else False (not known yet, or never: the file was
+        not read from its start). For the ``last`` chunk, first bring the MD5 to its end if
+        the chunks before can be had."""
+        if not file.digest:
+            return False
+        fkey = key(file)
+        with self._lock:
+            state = self._running.get(fkey)
+            if state is None:
+                if index >= MAX_PENDING:
+                    return False  # not read from its start: only sizes are checked
+                state = self._running[fkey] = InOrder(file.digest, self.chunks.chunk_count(file))
+            state.ranged |= ranged
+
+        def fill(i: int) -> bytes | None:
+            return self.chunks.cached(file, i)
+
+        try:
+            verdict = state.feed(index, data, fill)
+            if verdict is None and last:
+                verdict = self._finish(file, state, fill)
+        except GiveUp:
+            log.debug("not checking MD5 of %s: not read in order", file.uri)
+            verdict = None
+        if verdict is None and state.verdict is None and not state.busy \
+                and len(state.pending) >= MAX_PENDING:
+            with self._lock:
+                self._running.pop(fkey, None)
+        if verdict is None:
+            return False
+        with self._lock:
+            self._running.pop(fkey, None)
+            if verdict:
+                if fkey in self._suspect and self.whole_files is None:
+                    self.whole_files = "the server's ranged answers failed MD5 checks"
+                    log.warning("%s sent wrong bytes for ranges of %s that pass whole: every "
+                                "file is fetched whole from now on", self.server, file.uri)
+                return True
+            self._taint[fkey] = self._taint.get(fkey, 0) + 1
+            if state.ranged:
+                self._suspect.add(fkey)
+            else:
+                self._bad.add(fkey)
+        self.chunks.evict(file)
+        log.warning("%s failed its MD5 check%s", file.uri,
+                    "; fetching it whole" if state.ranged else ": EIO for every read of it")
+        raise DigestMismatch(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
+
+    def _finish(self, file: RemoteFile, state: InOrder,
+                fill: Callable[[int], bytes | None]) -> bool | None:
+        """Hash the chunks missing before the last one: wait for those in flight, take those
+        cached; None if one can be had neither way (a reader of the end only)."""
+        deadline = time.monotonic() + self.deadline
+        while (verdict := state.settle()) is None:
+            gap = state.next
+            future = self.chunks.in_flight(file, gap)
+            try:
+                data = future.result(max(0.0, deadline - time.monotonic())) if future \
+                    else fill(gap)
+            except Exception:  # that fetch failed or timed out: its reader sees why
+                return state.verdict  # False if it failed by completing a wrong MD5
+            if data is None:
+                return None
+            verdict = state.feed(gap, data, fill)
+            if verdict is not None:
+                return verdict
+        return verdict
+
+
+def key(file: RemoteFile) -> FileKey:
+    return (file.uri, file.version)

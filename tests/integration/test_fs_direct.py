@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,6 +78,40 @@ def test_folders_list_with_their_types_and_writes_are_refused(fs: XnatFS) -> Non
     with pytest.raises(mfusepy.FuseOSError) as missing:
         fs.getattr(f"/{project}/no such subject")
     assert missing.value.errno == errno.ENOENT
+
+
+@pytest.mark.parametrize("blank", [False, True], ids=["sizes listed", "sizes unlisted"])
+def test_readdir_plus_gives_what_getattr_gives_and_a_mode_where_sizes_are_unlisted(
+        make_emulator: Callable[..., Emulator], tmp_path: Path, blank: bool) -> None:
+    """READDIRPLUS entries are kept by the kernel in place of a LOOKUP each: their attributes
+    must be the ones getattr would give. A file whose listing has no size goes without them
+    (its size would cost a request per file of the folder)."""
+    emulator = make_emulator(blank_file_rows=blank)
+    client = XnatClient(emulator.url, Credentials("alice", "secret"))
+    client.login()
+    fs = XnatFS(Tree(client), Fetcher(client, None))
+    full_files = unlisted = 0
+    folders = {"/".join(path.split("/")[:depth]) for path, _ in fs.tree.walk("/")
+               for depth in range(path.count("/") + 1)}
+    for folder in sorted(folders):
+        fh = fs.opendir("/" + folder)
+        plain = [name for name, _, _ in fs.readdir(None, fh)]
+        entries = fs.readdir_plus(None, fh)
+        assert fs.readdir_plus(None, fh) is entries  # one listing per handle, by position
+        fs.releasedir(None, fh)
+        assert [name for name, _, _ in entries] == plain
+        for name, attrs, full in entries[2:]:
+            path = f"/{folder}/{name}".replace("//", "/")
+            node = fs.tree.lookup(path)
+            if full:
+                full_files += node.file is not None
+                assert attrs == fs.getattr(path)
+            else:
+                unlisted += 1
+                assert node.file is not None and node.file.size is None
+                assert stat.S_ISREG(attrs["st_mode"]) and "st_size" not in attrs
+    assert (unlisted > 0, full_files > 0) == (blank, not blank)
+    client.close()
 
 
 def test_a_file_opened_twice_keeps_its_page_cache_unless_it_changed(

@@ -103,6 +103,7 @@ class XnatFS(mfusepy.Operations):
         # path) never waits on the server, even while a listing hangs
         self._open_attrs: dict[str, tuple[int, dict[str, int]]] = {}  # (open count, attrs)
         self._dirs: dict[int, Node] = {}
+        self._entries: dict[int, list[tuple[str, dict[str, int], bool]]] = {}  # by dir handle
         self._ids = itertools.count(1)
         # path -> file version at its last open (bounded: a path forgotten just loses its
         # page cache once, at its next open)
@@ -157,9 +158,29 @@ class XnatFS(mfusepy.Operations):
             [(".", _DIR, 0), ("..", _DIR, 0)],
             ((name, _DIR if kid.is_dir else _FILE, 0) for name, kid in kids.items()))
 
+    @_errno
+    def readdir_plus(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], bool]]:
+        """The folder's entries with their attributes where the listing has them all, and
+        whether it has (a file whose listing has no size has its mode only: the kernel asks
+        for the rest by LOOKUP when it needs it). The kernel keeps each full entry with its
+        attributes, so ``cp -r``, ``ls -l`` and ``find`` need no LOOKUP per file. Listed once
+        per handle: the kernel comes back for the rest by position."""
+        with self._lock:
+            entries = self._entries.get(fh)
+        if entries is None:
+            kids = self.tree.children(self._dirs[fh])
+            entries = [(".", _DIR, False), ("..", _DIR, False)]
+            entries += [(name, self._attrs(kid), True) if kid.is_dir or kid.file is None
+                        or kid.file.size is not None else (name, _FILE, False)
+                        for name, kid in kids.items()]
+            with self._lock:
+                self._entries[fh] = entries
+        return entries
+
     def releasedir(self, path: str | None, fh: int) -> int:
         with self._lock:
             self._dirs.pop(fh, None)
+            self._entries.pop(fh, None)
         return 0
 
     def statfs(self, path: str) -> dict[str, int]:

@@ -89,6 +89,7 @@ class _Reader:
         step = self.chunk_size
         if end - start <= step:
             return handle.read(start, end - start)
+        handle.will_read(start, end)
         parts = []
         for offset in range(start, end, step):
             piece = handle.read(offset, min(step, end - offset))

@@ -179,6 +179,20 @@ def test_md5_mismatch_evicts_retries_then_fails(
     assert fetcher.chunk(remote(f), 9) == expected(f, 9)  # the right digest still works
 
 
+def test_unchecked_chunks_leave_the_md5_to_their_caller_and_never_reach_checked_ones(
+        emu: Emulator, fetcher: Fetcher, archive: Archive) -> None:
+    """check=False (materialize hashes what it writes): no MD5 failure, no taint, and the
+    bytes are held apart from those of callers that expect them checked."""
+    f = big(archive)
+    wrong = replace(remote(f), digest="0" * 32)
+    got = [fetcher.chunk(wrong, i, store=False, check=False) for i in range(10)]
+    assert got == [expected(f, i) for i in range(10)] and fetcher.taint(wrong) == 0
+    assert fetcher.cached(wrong, 9) is None
+    with pytest.raises(IntegrityError, match="MD5"):
+        for i in range(10):
+            fetcher.chunk(wrong, i)
+
+
 def test_md5_is_checked_when_chunks_arrive_out_of_order(
         fetcher: Fetcher, archive: Archive) -> None:
     wrong = replace(remote(big(archive)), digest="f" * 32)

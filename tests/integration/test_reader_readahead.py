@@ -16,6 +16,7 @@ from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_arch
 from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
+from xnatfs.reader.policy import FIRST_WINDOW
 from xnatfs.reader.readahead import FolderAhead, Readahead
 from xnatfs.tree.model import RemoteFile, Tree
 from xnatfs.xnat.client import XnatClient
@@ -110,6 +111,26 @@ def test_sequential_read_fetches_each_chunk_once_in_its_own_request(
     assert sum(b - a + 1 for a, b in covered) == SIZE  # no byte fetched twice
     # one request per chunk: as many in flight at the end of the file as in its middle
     assert len(covered) == -(-SIZE // CHUNK) and max(b - a + 1 for a, b in covered) == CHUNK
+    handle.close()
+
+
+def test_an_announced_read_fetches_its_first_window_at_once_a_chunk_per_request(
+        emu: Emulator, fetcher: Fetcher, big: File) -> None:
+    handle = FileHandle(fetcher, remote(big))
+    handle.will_read(0, SIZE)  # fsspec's cat_file: the whole file, in order
+    fetcher.pool.submit(lambda: None).result()
+    deadline = time.monotonic() + 10
+    while emu.log.count(kind="file") < FIRST_WINDOW and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert emu.log.count(kind="file") == FIRST_WINDOW  # chunks 1..4, before any read
+    data = b"".join(handle.read(offset, CHUNK) for offset in range(0, SIZE, CHUNK))
+    assert handle.readahead is not None
+    settle(handle.readahead)
+    assert data == big.read()
+    covered = [tuple(map(int, r.range.split("=")[1].split("-")))
+               for r in emu.log.select(kind="file") if r.range]
+    assert sum(b - a + 1 for a, b in covered) == SIZE  # nothing twice, a chunk a request
+    assert max(b - a + 1 for a, b in covered) == CHUNK
     handle.close()
 
 

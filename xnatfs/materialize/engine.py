@@ -15,7 +15,7 @@
   ranged GETs, bounded retries): a small file is one request; a large file's chunks are
   fetched by several workers at once and written in order, so the part file is always a valid
   prefix that the next run continues. The part file hashes every byte in order, so the reader
-  is asked for the bytes without the digest: one MD5 per file, not two.
+  is asked not to (``check=False``): one MD5 per file, not two.
 * After the pass, files that failed transiently (unreachable, 5xx, bodies cut short, after the
   reader's own retries) are tried again (``retry_rounds``), continuing from what they had.
 * ``halt`` (Ctrl-C, SIGTERM) stops renames under the same lock that renames take, so the
@@ -97,9 +97,8 @@ class Source:
         return self._fetcher.chunk_count(remote)
 
     def chunk(self, remote: RemoteFile, index: int) -> bytes:
-        unchecked = RemoteFile(remote.uri, remote.size, None)
         return self._fetcher.cached(remote, index) or \
-            self._fetcher.chunk(unchecked, index, store=False)
+            self._fetcher.chunk(remote, index, store=False, check=False)
 
 
 class Host(Protocol):

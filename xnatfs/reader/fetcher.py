@@ -4,7 +4,7 @@ Contract (stable; other front ends code against it)
 -----------------------------------------------------
 ``Fetcher(client, cache, chunk_size=CHUNK_SIZE, max_parallel=8)``; ``cache`` may be None.
 
-``chunk(file, index, *, store=True) -> bytes``
+``chunk(file, index, *, store=True, check=True) -> bytes``
     Bytes ``[index * chunk_size, min((index + 1) * chunk_size, file.size))`` of ``file``: always
     exactly that many, and, as far as the server lets us check, exactly the server's bytes.
     ``file.size`` must be known (``Tree.file_size`` resolves listings without one). Served from
@@ -18,9 +18,10 @@ Contract (stable; other front ends code against it)
     credentials are raised at once. Once the server cannot be reached (the client has retried
     the connection already), fetches fail at once, except one probe a second, until it answers:
     a dead server costs each reader an immediate EIO, not minutes. Cached chunks are still
-    served. ``store=False`` keeps the chunk out of both caches and never reads the disk cache
-    (for callers that write the bytes out themselves and check them with their own MD5:
-    materialize, whose files need not carry the listing's digest in their cache key).
+    served. ``store=False`` keeps the chunk out of both caches and never reads the disk cache.
+    ``check=False`` leaves the file's MD5 to the caller (materialize hashes what it writes:
+    one MD5 per file, not two); such chunks are fetched and held under keys of their own, so
+    a caller that expects checked bytes is never handed them.
 ``cached(file, index) -> bytes | None``
     The chunk if memory or the disk cache has it (checked); never touches the network.
 ``prefetch(file, first, last) -> Future``
@@ -144,8 +145,11 @@ class Fetcher:
 
     # -- public API ----------------------------------------------------------------------
 
-    def chunk(self, file: RemoteFile, index: int, *, store: bool = True) -> bytes:
+    def chunk(self, file: RemoteFile, index: int, *, store: bool = True,
+              check: bool = True) -> bytes:
         """One chunk, exact and checked; see the module docstring."""
+        if not check and file.digest:
+            file = RemoteFile(file.uri, file.size, None)  # its own keys: see the docstring
         if not 0 <= index < self.chunk_count(file):
             raise ValueError(f"chunk {index} out of range for {file.uri} ({file.size} bytes)")
         deadline = time.monotonic() + self.deadline

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from xnatfs.errors import DigestMismatch
 from xnatfs.reader.fetcher import Fetcher
-from xnatfs.reader.policy import TOLERANCE
+from xnatfs.reader.policy import FIRST_WINDOW, TOLERANCE
 from xnatfs.reader.readahead import Readahead
 from xnatfs.tree.model import RemoteFile
 
@@ -68,6 +68,18 @@ class FileHandle:
             return parts[0]
         joined = b"".join(memoryview(data)[lo:hi] for data, lo, hi in parts)
         return joined, 0, len(joined)
+
+    def will_read(self, start: int, end: int) -> None:
+        """The caller is about to read [start, end) in order (fsspec's ``cat_file`` and
+        ``get``): fetch the chunks after the first, up to a first read-ahead window, now. A
+        run of reads opens the window only at its second read, after the first chunk came
+        alone at one connection's speed: 7 % of a 256 MiB ``cat_file`` over the WAN profile."""
+        if self.readahead is None or end <= start:
+            return
+        chunk_size = self.fetcher.chunk_size
+        first, last = start // chunk_size, (min(end, self.size) - 1) // chunk_size
+        for index in range(first + 1, min(last, first + FIRST_WINDOW) + 1):
+            self.fetcher.prefetch(self.file, index, index)  # a request each, as read-ahead
 
     def close(self) -> None:
         if self.readahead is not None:

@@ -278,6 +278,17 @@ class Fetcher:
     def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
         wanted = [i for i in range(first, last + 1) if not self._have(file, i)]
         claims = self._claim(file, wanted)
+        if self.cache is not None:
+            # Between the look above and the claim, a reader may have fetched a chunk, moved
+            # on and let memory drop it: it is in the cache now (queued before the reader had
+            # it), so serve the claim from there rather than fetch the chunk again.
+            for index in [i for i in claims if self.cache.contains(file, i)]:
+                data = self.cache.get(file, index)
+                if data is not None:
+                    self._remember(_key(file, index), data)
+                    with self._lock:
+                        del self._inflight[_key(file, index)]
+                    claims.pop(index).set_result(data)
         for run in _runs(sorted(claims)):
             self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, detach=False)
 

@@ -232,3 +232,21 @@ def test_a_second_cache_on_one_folder_keeps_seeing_other_processes(tmp_path: Pat
         assert second.get(FILE, 1) == data(1)
     finally:
         child.communicate("\n", timeout=30)
+
+
+def test_chunks_written_behind_are_stored_when_the_process_ends_without_closing(
+        tmp_path: Path) -> None:
+    """A script that reads through fsspec and ends at once: its chunks are cached for its
+    next run, though the writer thread is a daemon."""
+    script = textwrap.dedent(f"""
+        import random
+        from xnatfs.reader.chunkcache import ChunkCache
+        from xnatfs.tree.model import RemoteFile
+        cache = ChunkCache({str(tmp_path / "c")!r}, {64 * CHUNK}, chunk_size={CHUNK})
+        f = RemoteFile({FILE.uri!r}, {FILE.size}, {FILE.digest!r})
+        for i in range(10):
+            cache.put_behind(f, i, random.Random(i).randbytes({CHUNK}))
+    """)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    cache = make(tmp_path / "c")
+    assert [cache.get(FILE, i) for i in range(10)] == [data(i) for i in range(10)]

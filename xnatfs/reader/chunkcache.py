@@ -27,12 +27,14 @@ Built on ``diskcache`` (SQLite index + one file per chunk) with these choices, e
   stored. Each small file stored in its own transaction, from whichever fetch thread got it,
   cost the mount 0.6 ms of CPU per file in ``cp -r`` of 64 KiB files (59 context switches
   per file; the lock and the GIL handed between threads at every SQLite call), half of all.
+  ``close()``, and the end of the process, store what still waits.
 * **Private**: the directory is 0700, files 0600 (the data may be identifiable patient data).
 * It survives remounts and is safe to share between processes (diskcache is process-safe).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import mmap
@@ -40,6 +42,7 @@ import os
 import shutil
 import sqlite3
 import threading
+import weakref
 import zlib
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -281,12 +284,13 @@ class ChunkCache:
                 self._writer = threading.Thread(target=self._write_behind, daemon=True,
                                                 name="xnatfs-cache-writer")
                 self._writer.start()
+                _writing.add(self)
             self._behind.notify_all()
 
-    def flush(self) -> None:
+    def flush(self, timeout: float | None = None) -> None:
         """Wait until every chunk handed to ``put_behind`` is stored (or failed to be)."""
         with self._behind:
-            self._behind.wait_for(lambda: not self._waiting and not self._batch)
+            self._behind.wait_for(lambda: not self._waiting and not self._batch, timeout)
 
     def _write_behind(self) -> None:
         while True:
@@ -414,6 +418,19 @@ def _create_private(path: str) -> None:
     what other processes committed (a reader and a mount sharing a cache, in one test)."""
     with contextlib.suppress(FileExistsError):
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+# Caches with a writer thread. The thread is a daemon (a hung disk must not hold the process
+# forever), so at exit each is given a moment to store what waits: a script that reads through
+# fsspec and ends at once finds its chunks cached on its next run.
+_writing: weakref.WeakSet[ChunkCache] = weakref.WeakSet()
+EXIT_FLUSH = 10.0  # seconds at most per cache
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for cache in list(_writing):
+        cache.flush(EXIT_FLUSH)
 
 
 _XXH3 = 1 << 62  # the tag's checksum is XXH3's low 32 bits, not CRC32 (lengths stay < 2**30)

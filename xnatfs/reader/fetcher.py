@@ -260,20 +260,12 @@ class Fetcher:
             except TimeoutError:
                 raise ServerTimeout(f"chunk {index} of {file.uri} is still on its way after "
                                     f"{self.deadline:g} s") from None
-        try:
-            data = self.cache.get(file, index) if self.cache is not None and store else None
-        except BaseException as exc:  # never leave the others waiting on a dead claim
-            self._fail(file, {index: mine}, exc)
-            raise
-        if data is None:
-            self._fetch(file, index, index, {index: mine}, store, detach=True)
-            return mine.result()
-        if store:
-            self._remember(key, data)
-        with self._lock:
-            del self._inflight[key]
-        mine.set_result(data)
-        return data
+        claims = {index: mine}
+        if self.cache is not None and store:
+            self._from_cache(file, claims, [index])
+        if claims:
+            self._fetch(file, index, index, claims, store, detach=True)
+        return mine.result()
 
     def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
         wanted = [i for i in range(first, last + 1) if not self._have(file, i)]
@@ -282,15 +274,28 @@ class Fetcher:
             # Between the look above and the claim, a reader may have fetched a chunk, moved
             # on and let memory drop it: it is in the cache now (queued before the reader had
             # it), so serve the claim from there rather than fetch the chunk again.
-            for index in [i for i in claims if self.cache.contains(file, i)]:
-                data = self.cache.get(file, index)
-                if data is not None:
-                    self._remember(_key(file, index), data)
-                    with self._lock:
-                        del self._inflight[_key(file, index)]
-                    claims.pop(index).set_result(data)
+            self._from_cache(file, claims, [i for i in claims if self.cache.contains(file, i)])
         for run in _runs(sorted(claims)):
             self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, detach=False)
+
+    def _from_cache(self, file: RemoteFile, claims: dict[int, Future[bytes]],
+                    indices: list[int]) -> None:
+        """Serve those of our ``claims`` (of ``indices``) the disk cache holds, and drop them
+        from ``claims``; what is left is for the network. A cache that fails fails every
+        claim: nobody is left waiting on a dead one."""
+        assert self.cache is not None
+        try:
+            found = [(i, data) for i in indices
+                     if (data := self.cache.get(file, i)) is not None]
+        except BaseException as exc:
+            self._fail(file, claims, exc)
+            raise
+        for index, data in found:
+            key = _key(file, index)
+            self._remember(key, data)
+            with self._lock:
+                del self._inflight[key]
+            claims.pop(index).set_result(data)
 
     def _have(self, file: RemoteFile, index: int) -> bool:
         with self._memory_lock:

@@ -20,7 +20,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from cachetools import LRUCache
@@ -151,12 +151,9 @@ class XnatFS(mfusepy.Operations):
             self._dirs[fh] = node
         return fh
 
-    @_errno
-    def readdir(self, path: str | None, fh: int) -> Iterator[tuple[str, dict[str, int], int]]:
-        kids = self.tree.children(self._dirs[fh])
-        return itertools.chain(
-            [(".", _DIR, 0), ("..", _DIR, 0)],
-            ((name, _DIR if kid.is_dir else _FILE, 0) for name, kid in kids.items()))
+    def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
+        """mfusepy's form of ``readdir_plus`` (the FUSE adapter calls that one)."""
+        return [(name, attrs, 0) for name, attrs, _ in self.readdir_plus(path, fh)]
 
     @_errno
     def readdir_plus(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], bool]]:
@@ -170,9 +167,9 @@ class XnatFS(mfusepy.Operations):
         if entries is None:
             kids = self.tree.children(self._dirs[fh])
             entries = [(".", _DIR, False), ("..", _DIR, False)]
-            entries += [(name, self._attrs(kid), True) if kid.is_dir or kid.file is None
-                        or kid.file.size is not None else (name, _FILE, False)
-                        for name, kid in kids.items()]
+            entries += [(name, self._attrs(kid), True)
+                        if kid.file is None or kid.file.size is not None
+                        else (name, _FILE, False) for name, kid in kids.items()]
             with self._lock:
                 self._entries[fh] = entries
         return entries

@@ -229,7 +229,9 @@ class ChunkCache:
     def _get(self, key: str) -> bytes | None:
         if self._waiting or self._batch:
             with self._behind:
-                data = self._waiting.get(key) or self._batch.get(key)
+                data = self._waiting.get(key)
+                if data is None:
+                    data = self._batch.get(key)
             if data is not None:
                 return data
         try:

@@ -8,6 +8,8 @@ before it reaches the disk.)
 A handle remembers the file's MD5 taint count (``Fetcher.taint``) from before it gave out its
 first bytes; once that count moves, some bytes it gave out may have been wrong, so every later
 read of this handle fails (EIO): the program reading learns of it before it reaches the end.
+So does a read during which the count moves: the chunks it gathered may be the ones that
+failed (one read over a whole small file gathers them all before the last one is checked).
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ class FileHandle:
         """``read`` as ``(data, start, end)``: the bytes are ``data[start:end]``, left for the
         caller to copy once (a read within one chunk comes without a copy of its own)."""
         end = min(offset + size, self.size)
-        if self._gave and self.fetcher.taint(self.file) != self._taint:
+        if not self._gave:  # nothing given out yet: a failure before now concerns no byte of ours
+            self._taint = self.fetcher.taint(self.file)
+        elif self.fetcher.taint(self.file) != self._taint:
             raise DigestMismatch(f"{self.file.uri}: bytes read earlier through this handle "
                                  "failed the file's MD5 check; open it again")
         if offset >= end:
@@ -63,6 +67,9 @@ class FileHandle:
             self._served.add(index)
             base = index * chunk_size
             parts.append((data, max(offset - base, 0), min(end - base, len(data))))
+        if self.fetcher.taint(self.file) != self._taint:  # while this read gathered its chunks
+            raise DigestMismatch(f"{self.file.uri}: bytes gathered for this read failed the "
+                                 "file's MD5 check")
         self._gave = True
         if len(parts) == 1:
             return parts[0]

@@ -8,9 +8,10 @@ import time
 import pytest
 
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.errors import AuthError, ConnectError, IntegrityError, NotFound
-from xnatfs.xnat.client import XnatClient
+from xnatfs.errors import AuthError, ConnectError, IntegrityError, NotFound, TransferError
+from xnatfs.xnat.client import MAX_DROPPED, MAX_LOST, XnatClient
 from xnatfs.xnat.credentials import Credentials
+from xnatfs.xnat.transport import SessionLosses
 
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=2, dicoms=3, dicom_size=2048,
                      niftis=1, nifti_size=3 << 20, hostile=True, seed=3)
@@ -74,6 +75,59 @@ def test_html_login_page_is_an_auth_failure_not_data(emu):
     client = XnatClient(emu.url, Credentials(jsession=jsession, source="test"))
     with pytest.raises(AuthError, match="refused the JSESSIONID"):
         client.listing("/data/projects")
+
+
+def test_a_login_that_never_holds_is_refused_after_three_fresh_logins(emu):
+    emu.config.login_page_rate = 1.0  # every data request: its session dropped, a login page
+    with client_for(emu) as client:
+        client.login()
+        with pytest.raises(AuthError, match="after 3 fresh logins"):
+            client.listing("/data/projects")
+    assert logins(emu) == 1 + MAX_LOST  # bounded: never a lockout by logins
+
+
+def test_sessions_that_served_and_died_are_not_refused_credentials(emu):
+    """Each session answers someone, then dies under the same request: a server that drops
+    sessions, not one that refuses us. Past MAX_DROPPED the request fails, transiently."""
+    with client_for(emu) as client:
+        client.login()
+        losses = SessionLosses()
+        for _ in range(MAX_DROPPED):
+            generation = client.generation
+            client.served(generation)
+            client.session_lost(generation, "/data/projects", losses)
+        assert client.generation == 1 + MAX_DROPPED
+        client.served(client.generation)
+        with pytest.raises(TransferError, match="ended the session 11 times") as failed:
+            client.session_lost(client.generation, "/data/projects", losses)
+        assert failed.value.transient
+    assert logins(emu) == 1 + MAX_DROPPED
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_threads_sharing_a_session_that_often_drops_are_never_refused(archive, seed):
+    """Many threads on one session, one data request in ten killing it: a request meets
+    deaths the others caused, before it learns that those sessions served them."""
+    config = EmulatorConfig(seed=seed, login_page_rate=0.1, fault_streak=3)
+    with Emulator(archive, config, users={"alice": "secret"}) as server, \
+            client_for(server) as client:
+        client.login()
+        failures: list[Exception] = []
+
+        def work() -> None:
+            try:
+                for _ in range(15):
+                    client.listing("/data/projects")
+            except Exception as exc:  # each one is the test's failure
+                failures.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not failures
+        assert sum(r.fault == "login" for r in server.log.records()) > 10
 
 
 def _some_files(archive, n=50):

@@ -8,6 +8,11 @@ itself HTML: some XNATs answer a lost session with 200 and the login page, on fi
 triggers one silent re-login for the whole process, which every waiting thread then shares.
 Only a refused login (401 on the login itself) is final, because XNAT locks accounts after 20
 failed logins; a login page after a login that succeeded is one more lost session, retried.
+A session that served requests and then died says nothing about our credentials (a timeout, a
+restart, a proxy dropping it): only sessions that die before serving anything count towards
+giving up with an ``AuthError``, and only while no other session works either. Many threads
+share one session, so on a server that drops sessions often one request meets deaths that the
+others' requests caused, and learns only late that the session had served them.
 
 One retry policy for every request: transient failures (a 5xx, a reset, a lost session) are
 tried again after a short pause, a bounded number of times and never more than a second past
@@ -46,14 +51,15 @@ from xnatfs.errors import (
 )
 from xnatfs.xnat.credentials import Credentials
 from xnatfs.xnat.rows import Row, result_rows
-from xnatfs.xnat.transport import LOGIN_MARKS, Body, Transport
+from xnatfs.xnat.transport import LOGIN_MARKS, Body, SessionLosses, Transport
 
 log = logging.getLogger(__name__)
 
 _HTML_START = (b"<!doctype", b"<html")
 RETRY_PAUSES = (0.1, 0.3, 0.9)  # pauses between tries of one request: four tries at most
 GRACE = 1.0  # seconds past a request's timeout that its retries may take, all together
-MAX_LOST = 3  # lost sessions in a row for one request before it gives up (never a lockout)
+MAX_LOST = 3  # sessions in a row that die unused, none working meanwhile: logins do not hold
+MAX_DROPPED = 10  # sessions lost under one request, however: beyond, each costs one retry
 # Where XNAT's web pages and REST API begin below its base URL.
 _WEB_PART = re.compile(r"/(?:app|data|REST)/")
 # What OpenSSL says when the other end answers a TLS hello in plain text.
@@ -119,6 +125,7 @@ class XnatClient:
         self.listing_timeout = (connect_timeout, listing_timeout)
         self._login_lock = threading.Lock()
         self._generation = 0
+        self._served = 0  # the newest generation known to have served a request
         self._auth_failure: AuthError | None = None
         self._pauses = RETRY_PAUSES[:retries]
         self.session = requests.Session()
@@ -284,12 +291,26 @@ class XnatClient:
         if status >= 400 and status != 401:
             raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
 
-    def session_lost(self, generation: int, path: str, count: int) -> None:
-        """The ``count``-th lost session (401 or a login page) for one request: one shared
-        re-login, unless this request has seen too many already."""
-        if count > MAX_LOST:
-            raise AuthError(f"{self.base_url} keeps answering with its login page "
-                            f"after {MAX_LOST} fresh logins ({unquote(path)})")
+    def served(self, generation: int) -> None:
+        """A request sent on the session of ``generation`` was answered: that session worked."""
+        if generation > self._served:
+            self._served = generation
+
+    def session_lost(self, generation: int, path: str, losses: SessionLosses) -> None:
+        """A request met a lost session (401 or a login page) opened at ``generation``: one
+        shared re-login, unless the request has seen too many (see the module docstring)."""
+        if generation == self._generation:  # a stale one costs no login, so it is not counted
+            losses.total += 1
+        if self._served != losses.served:  # some session worked since: start counting again
+            losses.served, losses.unused = self._served, 0
+        if generation > self._served:
+            losses.unused += 1
+            if losses.unused > MAX_LOST:
+                raise AuthError(f"{self.base_url} keeps answering with its login page "
+                                f"after {MAX_LOST} fresh logins ({unquote(path)})")
+        if losses.total > MAX_DROPPED:
+            raise TransferError(f"{self.base_url} ended the session {losses.total} times "
+                                f"during one request ({unquote(path)})")
         self._relogin(generation)
 
     def tls_error(self, reason: str) -> TLSError:
@@ -322,20 +343,19 @@ class XnatClient:
         if self._auth_failure:
             raise self._auth_failure
         timeout = timeout or self.timeout
-        lost = 0
+        losses = SessionLosses()
 
         def attempt(left: float) -> requests.Response:
-            nonlocal lost
             while True:
                 generation = self._generation
                 resp = self._check_status(self._send(
                     method, path, params=params, headers=headers, stream=stream,
                     timeout=(timeout[0], max(left, 0.05))), path)
                 if not (resp.status_code == 401 or _login_page(resp, expect_json)):
+                    self.served(generation)
                     return resp
                 resp.close()
-                lost += 1
-                self.session_lost(generation, path, lost)
+                self.session_lost(generation, path, losses)
 
         return self.retrying(attempt, timeout[1], f"{method} {unquote(path)}")
 

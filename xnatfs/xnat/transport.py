@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import ssl
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import certifi
@@ -46,6 +47,17 @@ PIECE = 1 << 20  # bytes taken off the socket at a time, unless a caller asks fo
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _HTML_FILE = (".html", ".htm", ".xhtml")
 LOGIN_MARKS = (b"xnat-templates/screens/Login.vm", b'id="login_form"')
+
+
+@dataclass
+class SessionLosses:
+    """The lost sessions one request has met (``XnatClient.session_lost``, shared by both
+    request paths): in all, and those in a row that had served no request while no other
+    session did either (``served``: the newest session known to work when counting began)."""
+
+    total: int = 0
+    unused: int = 0
+    served: int = 0
 
 
 class Body:
@@ -143,11 +155,11 @@ class Transport:
         if start > 0 or end is not None:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         connect, read = client.timeout
-        lost = 0  # lost sessions met by this request
+        losses = SessionLosses()
         head = b""  # an HTML file's body, read to tell it from a login page
 
         def attempt(left: float) -> urllib3.BaseHTTPResponse:
-            nonlocal lost, head
+            nonlocal head
             while True:
                 generation = client.generation
                 cookie = client.session.cookies.get("JSESSIONID")
@@ -172,14 +184,14 @@ class Transport:
                 page = login_page(resp, uri)
                 if resp.status == 401 or page is True:
                     resp.close()
-                    lost += 1
-                    client.session_lost(generation, path, lost)
+                    client.session_lost(generation, path, losses)
                     continue
                 try:
                     client.check_status(resp.status, path)
                 except BaseException:
                     resp.close()
                     raise
+                client.served(generation)
                 head = page or b""
                 return resp
 

@@ -8,15 +8,18 @@ wrong bytes; a whole-file read of a file with an MD5 never completes with bytes 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from xnatfs.errors import ConnectError, IntegrityError, ServerError, TransferError, XnatfsError
+from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
 from xnatfs.tree.model import RemoteFile
@@ -159,3 +162,86 @@ def test_random_reads_are_exact_or_fail(size: int, reads: list[tuple[int, int]],
     finally:
         handle.close()
         fetcher.close()
+
+
+class FolderClient(FakeClient):
+    """The file under test, answered by the plan, in a folder of small files answered right."""
+
+    def __init__(self, content: bytes, plan: list[str], others: dict[str, bytes]) -> None:
+        super().__init__(content, plan)
+        self.others = others
+
+    def open_file(self, uri: str, start: int = 0, end: int | None = None) -> FakeBody:
+        if uri not in self.others:
+            return super().open_file(uri, start, end)
+        data = self.others[uri]
+        end = len(data) if end is None else end
+        return FakeBody(data[start:end], start, True, len(data))
+
+
+def cache_for(kind: str, tmp: str) -> ChunkCache:
+    """A full disk (every chunk refused), a cache of four chunks, or a roomy one."""
+    return ChunkCache(tmp, 4 * CHUNK if kind == "tiny" else 1 << 30, chunk_size=CHUNK,
+                      min_free=1 << 62 if kind == "full" else 0)
+
+
+@settings(max_examples=120, deadline=None)
+@given(chunks=st.integers(2, 60), plan=st.lists(st.sampled_from(FAULTS), max_size=8),
+       cache=st.sampled_from(["full", "tiny", "roomy"]), others=st.integers(0, 12),
+       burst=st.integers(0, 60), before=st.integers(0, 60),
+       step=st.sampled_from([CHUNK // 2, CHUNK, 3 * CHUNK]), wrong=st.booleans())
+# Ten files of the folder start their hashes at the third chunk and push this one's out; the
+# disk refuses every chunk, so the new hash cannot get chunk 0 back: the file read unchecked.
+@example(chunks=40, plan=[], cache="full", others=10, burst=3, before=0, step=CHUNK, wrong=True)
+# The same with a disk cache of four chunks, on a file of fewer chunks than a hash holds.
+@example(chunks=20, plan=[], cache="tiny", others=10, burst=3, before=0, step=CHUNK, wrong=True)
+# An earlier reader stopped at chunk 40, its hash was pushed out, and the chunks come back
+# from the disk: no chunk the new reader fetches is early enough to start a hash.
+@example(chunks=60, plan=[], cache="roomy", others=9, burst=0, before=40, step=CHUNK, wrong=True)
+def test_a_file_read_from_its_start_is_checked_whole_whatever_the_caches_keep(
+        tmp_path_factory: pytest.TempPathFactory, chunks: int, plan: list[str], cache: str,
+        others: int, burst: int, before: int, step: int, wrong: bool) -> None:
+    """A folder's read-ahead starts the hashes of other files (``burst``: before this file is
+    opened, or at that chunk of it), pushing out running hashes; an earlier reader left some
+    chunks in memory or on disk; the disk keeps few chunks or none. A read from the start
+    still either fails or gives the file's bytes, and a file whose MD5 the listing gets wrong
+    never reads whole."""
+    size = chunks * CHUNK - 5
+    content = bytes((i * 31 + i // 251) % 256 for i in range(size))
+    digest = "0" * 32 if wrong else hashlib.md5(content).hexdigest()
+    folder = {f"/data/o{i}": bytes([i]) * (2 * CHUNK) for i in range(others)}
+    store = cache_for(cache, str(tmp_path_factory.mktemp("cache")))
+    fetcher = Fetcher(FolderClient(content, plan, folder), store, CHUNK,  # type: ignore[arg-type]
+                      pool=ThreadPoolExecutor(4), retries=3, backoff=0.0, deadline=2)
+    file = RemoteFile("/data/f", size, digest)
+
+    def start_the_others() -> None:
+        for uri, data in folder.items():
+            other = RemoteFile(uri, len(data), hashlib.md5(data).hexdigest())
+            fetcher.prefetch(other, 0, 0).result()
+
+    try:
+        earlier = FileHandle(fetcher, file)
+        with contextlib.suppress(XnatfsError):
+            for index in range(min(before, chunks)):
+                earlier.read(index * CHUNK, CHUNK)
+        earlier.close()
+        if burst == 0:
+            start_the_others()
+        handle = FileHandle(fetcher, file)
+        got, offset = [], 0
+        try:
+            while offset < size:
+                if burst and offset // CHUNK == burst:
+                    start_the_others()
+                got.append(handle.read(offset, step))
+                offset += len(got[-1])
+        except XnatfsError:
+            return
+        finally:
+            handle.close()
+        assert not wrong, "a whole read completed with bytes that fail the listing's MD5"
+        assert b"".join(got) == content
+    finally:
+        fetcher.close()
+        store.close()

@@ -35,6 +35,11 @@ Contract (stable; other front ends code against it)
 ``pace(file, index)``
     Called by a reader before it takes chunk ``index``: waits while the file's running MD5
     is hashing more than ``integrity.LAG`` chunks behind it.
+``hold(file)``, ``release(file)``, ``served(file, index, data)``
+    What a handle tells the MD5 checks: the file is open, and which chunks it got (see
+    ``integrity``); ``served`` raises DigestMismatch when it completes a wrong MD5.
+``have(file, index) -> bool``
+    Whether memory or the disk cache holds the chunk; never reads it.
 ``chunk_count(file)``, ``chunk_bounds(file, index) -> (start, end)``, ``close()``.
 
 A chunk is queued for the disk cache before its waiters have it (``ChunkCache.put_behind``:
@@ -197,6 +202,17 @@ class Fetcher:
         (``Checks.pace``)."""
         self.checks.pace(file, index)
 
+    def hold(self, file: RemoteFile) -> None:
+        """A handle opened the file (``Checks.hold``); ``release`` when it closes."""
+        self.checks.hold(file)
+
+    def release(self, file: RemoteFile) -> None:
+        self.checks.release(file)
+
+    def served(self, file: RemoteFile, index: int, data: bytes) -> None:
+        """A handle got the chunk: the file's hash sees it too (``Checks.served``)."""
+        self.checks.served(file, index, data)
+
     def forget(self, file: RemoteFile, index: int) -> bool:
         """Drop the chunk from memory (True) unless something still wants it there; see the
         module docstring. Only where there is a disk cache: without it, another reader behind
@@ -268,7 +284,7 @@ class Fetcher:
         return mine.result()
 
     def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
-        wanted = [i for i in range(first, last + 1) if not self._have(file, i)]
+        wanted = [i for i in range(first, last + 1) if not self.have(file, i)]
         claims = self._claim(file, wanted)
         if self.cache is not None:
             # Between the look above and the claim, a reader may have fetched a chunk, moved
@@ -296,12 +312,6 @@ class Fetcher:
             with self._lock:
                 del self._inflight[key]
             claims.pop(index).set_result(data)
-
-    def _have(self, file: RemoteFile, index: int) -> bool:
-        with self._memory_lock:
-            if _key(file, index) in self._memory:
-                return True
-        return self.cache is not None and self.cache.contains(file, index)
 
     def _claim(self, file: RemoteFile, indices: list[int]) -> dict[int, Future[bytes]]:
         """Register as the fetcher of those chunks nobody is fetching yet (nor has just
@@ -444,6 +454,13 @@ class Fetcher:
 
     # -- what the checks need (integrity.Chunks) ---------------------------------------------
 
+    def have(self, file: RemoteFile, index: int) -> bool:
+        """Whether memory or the disk cache holds the chunk (the disk's index only)."""
+        with self._memory_lock:
+            if _key(file, index) in self._memory:
+                return True
+        return self.cache is not None and self.cache.contains(file, index)
+
     def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None:
         with self._lock:
             return self._inflight.get(_key(file, index))
@@ -477,7 +494,7 @@ class _Delivery:
         self.extra: set[int] = set()
         if not body.ranged:
             others = fetcher._claim(file, [i for i in range(fetcher.chunk_count(file))
-                                           if i not in claims and not fetcher._have(file, i)])
+                                           if i not in claims and not fetcher.have(file, i)])
             self.extra = set(others)
             claims.update(others)
         # Pieces of a whole chunk (of the whole body when shorter) come from the socket

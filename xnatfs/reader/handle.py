@@ -10,6 +10,10 @@ first bytes; once that count moves, some bytes it gave out may have been wrong, 
 read of this handle fails (EIO): the program reading learns of it before it reaches the end.
 So does a read during which the count moves: the chunks it gathered may be the ones that
 failed (one read over a whole small file gathers them all before the last one is checked).
+
+A handle of a file of several chunks holds the file's MD5 while it is open and offers it every
+chunk it gets (``integrity``: ``hold``, ``served``), so a file read from its start is checked
+whole whatever the caches kept.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ class FileHandle:
         self.file = file
         self.size = file.size
         self.readahead = Readahead(fetcher, file) if fetcher.chunk_count(file) > 1 else None
+        if self.readahead is not None:
+            fetcher.hold(file)
         self._taint = fetcher.taint(file)
         self._gave = False
         self._served: set[int] = set()  # chunks served and still in the fetcher's memory
@@ -64,6 +70,8 @@ class FileHandle:
         parts = []
         for index in range(first, last + 1):
             data = self.fetcher.chunk(self.file, index)
+            if self.readahead is not None and index not in self._served:
+                self.fetcher.served(self.file, index, data)
             self._served.add(index)
             base = index * chunk_size
             parts.append((data, max(offset - base, 0), min(end - base, len(data))))
@@ -91,3 +99,4 @@ class FileHandle:
     def close(self) -> None:
         if self.readahead is not None:
             self.readahead.close()
+            self.fetcher.release(self.file)

@@ -12,6 +12,13 @@ version:
   then on (*suspect*); if those bytes pass, the server's ranged answers are what lied and every
   file is fetched whole (``whole_files``); if they fail too, the file version is *bad* and
   never served again;
+* which hashes readers count on: a file open in a ``FileHandle`` keeps its hash while the
+  handle is open (``hold``), so that a burst of other files starting theirs (a folder's
+  read-ahead starts up to 32) cannot push it out midway; and every chunk a handle gets is
+  offered to the hash (``served``), so that chunks it takes from memory or the disk cache,
+  fetched before this hash began, are hashed too. Without both, a file read from its start
+  could end unchecked once the chunks the hash lacked were gone from both caches (a full disk
+  refuses them);
 * the pace of readers: on two cores of loopback the hash is the slowest stage, and a reader far
   ahead of it only filled memory with chunks waiting to be hashed (a third of a GiB, measured)
   and sent those memory dropped back through the disk. ``pace`` keeps a reader within ``LAG``
@@ -37,7 +44,7 @@ from xnatfs.tree.model import RemoteFile
 
 log = logging.getLogger(__name__)
 
-MAX_DIGESTS = 8  # files whose MD5 is being computed at once (each holds chunks pending)
+MAX_DIGESTS = 8  # hashes kept for files no handle holds (each may hold chunks pending)
 LAG = 4  # chunks a reader may be ahead of its file's running MD5 while it is hashing
 FileKey = tuple[str, str]
 
@@ -47,6 +54,7 @@ class Chunks(Protocol):
 
     def chunk_count(self, file: RemoteFile) -> int: ...
     def cached(self, file: RemoteFile, index: int) -> bytes | None: ...
+    def have(self, file: RemoteFile, index: int) -> bool: ...
     def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None: ...
     def evict(self, file: RemoteFile) -> None: ...
 
@@ -61,6 +69,8 @@ class Checks:
         self.whole_files: str | None = None  # why ranged answers are no longer trusted
         self._lock = threading.Lock()
         self._running: LRUCache[FileKey, InOrder] = LRUCache(MAX_DIGESTS)
+        self._held: dict[FileKey, InOrder] = {}  # hashes of files open in a handle
+        self._holders: dict[FileKey, int] = {}
         self._suspect: set[FileKey] = set()  # failed their MD5: fetched whole from now on
         self._bad: set[FileKey] = set()  # failed it whole too: never served again
         self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
@@ -81,13 +91,13 @@ class Checks:
     def hashed(self, file: RemoteFile) -> int | None:
         """Chunks of the file hashed so far, or None when no hash of it is running."""
         with self._lock:
-            state = self._running.get(key(file))
+            state = self._get(key(file))
         return None if state is None else state.next
 
     def wanted(self, file: RemoteFile, index: int) -> bool:
         """Whether a running hash of the file has yet to reach chunk ``index``."""
         with self._lock:
-            state = self._running.get(key(file))
+            state = self._get(key(file))
         return state is not None and state.next <= index and state.verdict is None
 
     def completes(self, file: RemoteFile, index: int) -> bool:
@@ -98,7 +108,7 @@ class Checks:
         if index == self.chunks.chunk_count(file) - 1:
             return True
         with self._lock:
-            state = self._running.get(key(file))
+            state = self._get(key(file))
         return state is not None and state.count - 1 in state.pending
 
     def pace(self, file: RemoteFile, index: int) -> None:
@@ -107,9 +117,49 @@ class Checks:
         if index <= LAG or not file.digest:
             return
         with self._lock:
-            state = self._running.get(key(file))
+            state = self._get(key(file))
         if state is not None:
             state.catch_up(index - LAG, self.deadline)
+
+    # -- what handles tell ---------------------------------------------------------------------
+
+    def hold(self, file: RemoteFile) -> None:
+        """A handle opened the file: its hash, once one runs, stays until ``release``."""
+        fkey = key(file)
+        with self._lock:
+            self._holders[fkey] = self._holders.get(fkey, 0) + 1
+            state = self._running.pop(fkey, None)
+            if state is not None:
+                self._held[fkey] = state
+
+    def release(self, file: RemoteFile) -> None:
+        fkey = key(file)
+        with self._lock:
+            left = self._holders.get(fkey, 0) - 1
+            if left > 0:
+                self._holders[fkey] = left
+                return
+            self._holders.pop(fkey, None)
+            state = self._held.pop(fkey, None)
+            if state is not None:
+                self._running[fkey] = state
+
+    def served(self, file: RemoteFile, index: int, data: bytes) -> None:
+        """A handle got chunk ``index``: feed it to the file's hash if the hash has not seen
+        it (see the module docstring). A hash starts here only at chunk 0, and not for a file
+        whose last chunk is kept: that one is kept only once the whole file has passed, so a
+        re-read from the cache is not hashed again. DigestMismatch if this completes it wrong."""
+        if not file.digest:
+            return
+        with self._lock:
+            state = self._get(key(file))
+        last = self.chunks.chunk_count(file) - 1
+        if state is None:
+            if index != 0 or self.chunks.have(file, last):
+                return
+        elif index < state.next or index in state.pending or state.verdict is not None:
+            return
+        self.feed(file, index, data, last=index == last)
 
     # -- hashing ---------------------------------------------------------------------------
 
@@ -123,11 +173,12 @@ class Checks:
             return False
         fkey = key(file)
         with self._lock:
-            state = self._running.get(fkey)
+            state = self._get(fkey)
             if state is None:
                 if index >= MAX_PENDING:
                     return False  # not read from its start: only sizes are checked
-                state = self._running[fkey] = InOrder(file.digest, self.chunks.chunk_count(file))
+                state = InOrder(file.digest, self.chunks.chunk_count(file))
+                self._put(fkey, state)
             state.ranged |= ranged
 
         def fill(i: int) -> bytes | None:
@@ -143,11 +194,11 @@ class Checks:
         if verdict is None and state.verdict is None and not state.busy \
                 and len(state.pending) >= MAX_PENDING:
             with self._lock:
-                self._running.pop(fkey, None)
+                self._drop(fkey, state)
         if verdict is None:
             return False
         with self._lock:
-            self._running.pop(fkey, None)
+            self._drop(fkey, state)
             if verdict:
                 if fkey in self._suspect and self.whole_files is None:
                     self.whole_files = "the server's ranged answers failed MD5 checks"
@@ -183,6 +234,25 @@ class Checks:
             if verdict is not None:
                 return verdict
         return verdict
+
+
+    # -- where hashes are kept (under the lock) ----------------------------------------------
+
+    def _get(self, fkey: FileKey) -> InOrder | None:
+        state = self._held.get(fkey)
+        return self._running.get(fkey) if state is None else state
+
+    def _put(self, fkey: FileKey, state: InOrder) -> None:
+        if fkey in self._holders:
+            self._held[fkey] = state
+        else:
+            self._running[fkey] = state
+
+    def _drop(self, fkey: FileKey, state: InOrder) -> None:
+        """Forget this hash of the file (not a newer one that replaced it)."""
+        for table in (self._held, self._running):
+            if table.get(fkey) is state:
+                del table[fkey]
 
 
 def key(file: RemoteFile) -> FileKey:

@@ -437,13 +437,19 @@ class Fetcher:
         claims.clear()
 
     def _hold(self, file: RemoteFile, index: int, data: bytes) -> None:
-        """Keep a chunk a stream brought ahead until a reader takes it; wait while this file
-        has ``HELD_AHEAD`` unread (see the module docstring). Readers that never come cost a
-        wait of the deadline, then the stream goes on and the oldest held chunks are dropped."""
+        """Keep a chunk a stream brought ahead until a reader takes it (see the module
+        docstring). Held before its waiters have it, so that the first of them takes it: held
+        after, a chunk all readers had already taken stayed held, and the stream waited for
+        nobody."""
         with self._lock:
             self._held[_key(file, index)] = data
             while len(self._held) > HELD_MAX:
                 del self._held[next(iter(self._held))]
+
+    def _wait_for_readers(self, file: RemoteFile) -> None:
+        """Wait while the file has ``HELD_AHEAD`` chunks held unread. Readers that never come
+        cost a wait of the deadline, then the stream goes on and the oldest held go first."""
+        with self._lock:
             self._taken.wait_for(
                 lambda: sum(k[:2] == _file_key(file) for k in self._held) < HELD_AHEAD,
                 timeout=self.deadline)
@@ -466,7 +472,12 @@ class Fetcher:
             return self._inflight.get(_key(file, index))
 
     def evict(self, file: RemoteFile) -> None:
-        """Drop every chunk of the file from memory and the disk cache."""
+        """Drop every chunk of the file from memory, from those held for readers and from the
+        disk cache."""
+        with self._lock:
+            for held in [k for k in self._held if k[:2] == _file_key(file)]:
+                del self._held[held]
+            self._taken.notify_all()
         for index in range(self.chunk_count(file)):
             with self._memory_lock:
                 self._memory.pop(_key(file, index), None)
@@ -512,11 +523,13 @@ class _Delivery:
                 if self.index in self.claims:
                     extra = self.index in self.extra
                     hold = extra and not (self.store and fetcher.cache is not None)
+                    if hold:
+                        fetcher._hold(file, self.index, data)
                     fetcher._deliver(file, self.index, data, self.claims,
                                      memory=self.store or extra, disk=self.store,
                                      ranged=self.body.ranged)
                     if hold:
-                        fetcher._hold(file, self.index, data)
+                        fetcher._wait_for_readers(file)
                 else:
                     fetcher.checks.feed(file, self.index, data, ranged=self.body.ranged)
                 self.index += 1

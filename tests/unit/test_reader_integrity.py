@@ -101,6 +101,25 @@ def test_wrong_bytes_fetched_whole_make_the_version_bad() -> None:
     assert checks.bad(file) and checks.taint(file) == 1
 
 
+@pytest.mark.parametrize("first", ["pending", "hashed", "passed"])
+def test_a_second_body_for_a_chunk_must_be_the_first_one(first: str) -> None:
+    """The hash vouches for the copy it took; a chunk fetched again (pushed out of memory and
+    of a full disk before its reader came) is another copy, which a lying server can change:
+    held, hashed, or part of a file that passed, the first copy is what the second must be."""
+    checks, chunks, file = setup()
+    if first == "passed":
+        assert feed_all(checks, chunks, file, list(range(10)))
+    else:
+        for i in ([0, 1, 2] if first == "hashed" else [0, 2]):
+            checks.feed(file, i, chunks.piece(i))
+    checks.feed(file, 2, chunks.piece(2))  # the same bytes again: nothing to say
+    assert checks.taint(file) == 0
+    with pytest.raises(DigestMismatch, match="two different bodies for chunk 2"):
+        checks.feed(file, 2, chunks.piece(3)[:CHUNK])
+    assert checks.taint(file) == 1 and chunks.evicted == 1 and checks.suspect(file)
+    assert checks.hashed(file) is None  # a running hash may hold either copy: it is dropped
+
+
 def test_the_end_of_a_file_read_alone_is_not_checked_and_starts_no_hash() -> None:
     checks, chunks, file = setup(size=100 * CHUNK)
     assert not checks.feed(file, 99, chunks.piece(99), last=True)

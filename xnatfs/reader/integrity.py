@@ -6,6 +6,9 @@ version:
 * the running MD5 (``verify.InOrder``) of a file fetched from its first chunk onwards, fed as
   chunks arrive in any order. The chunk that completes it (normally the last) is checked
   before its reader gets it, so a whole-file read never completes with bytes that fail;
+* the chunk tags of files that passed (``verify.InOrder`` keeps one per chunk hashed): a copy
+  of a chunk fetched again, while its hash runs or after the file passed, must be the copy the
+  hash took, or the server sent two bodies for one range and the file fails as on a mismatch;
 * the taint count: how many times bytes of the file failed their MD5. ``FileHandle`` fails
   every later read of a handle that was given bytes before the count moved;
 * the verdicts that follow a failure: a file whose ranged answers failed is fetched whole from
@@ -32,20 +35,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from cachetools import LRUCache
+from xxhash import xxh3_64_intdigest
 
 from xnatfs.errors import DigestMismatch
-from xnatfs.reader.verify import MAX_PENDING, GiveUp, InOrder
+from xnatfs.reader.verify import MAX_PENDING, Contradiction, GiveUp, InOrder
 from xnatfs.tree.model import RemoteFile
 
 log = logging.getLogger(__name__)
 
 MAX_DIGESTS = 8  # hashes kept for files no handle holds (each may hold chunks pending)
 LAG = 4  # chunks a reader may be ahead of its file's running MD5 while it is hashing
+PASSED_TAGS = 1 << 20  # chunk tags kept of files that passed (8 MiB, 4 TiB of chunks)
 FileKey = tuple[str, str]
 
 
@@ -74,6 +80,8 @@ class Checks:
         self._suspect: set[FileKey] = set()  # failed their MD5: fetched whole from now on
         self._bad: set[FileKey] = set()  # failed it whole too: never served again
         self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
+        # The chunk tags of files that passed: a copy fetched again must match (``verify``).
+        self._passed: LRUCache[FileKey, array[int]] = LRUCache(PASSED_TAGS, getsizeof=len)
 
     # -- what the fetcher asks -----------------------------------------------------------
 
@@ -174,12 +182,17 @@ class Checks:
         fkey = key(file)
         with self._lock:
             state = self._get(fkey)
-            if state is None:
+            tags = self._passed.get(fkey) if state is None else None
+            if state is None and tags is None:
                 if index >= MAX_PENDING:
                     return False  # not read from its start: only sizes are checked
                 state = InOrder(file.digest, self.chunks.chunk_count(file))
                 self._put(fkey, state)
-            state.ranged |= ranged
+        if state is None:  # the file passed: this copy must be the one that did
+            if tags is not None and xxh3_64_intdigest(data) != tags[index]:
+                self._failed(file, ranged, _two_bodies(file, index))
+            return True
+        state.ranged |= ranged
 
         def fill(i: int) -> bytes | None:
             return self.chunks.cached(file, i)
@@ -191,6 +204,10 @@ class Checks:
         except GiveUp:
             log.debug("not checking MD5 of %s: not read in order", file.uri)
             verdict = None
+        except Contradiction:  # either copy may be the wrong one: the hash is no good
+            with self._lock:
+                self._drop(fkey, state)
+            self._failed(file, state.ranged, _two_bodies(file, index))
         if verdict is None and state.verdict is None and not state.busy \
                 and len(state.pending) >= MAX_PENDING:
             with self._lock:
@@ -200,20 +217,30 @@ class Checks:
         with self._lock:
             self._drop(fkey, state)
             if verdict:
+                if len(state.tags) <= PASSED_TAGS:
+                    self._passed[fkey] = state.tags
                 if fkey in self._suspect and self.whole_files is None:
                     self.whole_files = "the server's ranged answers failed MD5 checks"
                     log.warning("%s sent wrong bytes for ranges of %s that pass whole: every "
                                 "file is fetched whole from now on", self.server, file.uri)
                 return True
+        self._failed(file, state.ranged,
+                     f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
+
+    def _failed(self, file: RemoteFile, ranged: bool, why: str) -> NoReturn:
+        """Bytes of the file failed: taint it, fetch it whole from now on (or, if whole
+        answers failed too, never serve it), drop its chunks, raise DigestMismatch."""
+        fkey = key(file)
+        with self._lock:
             self._taint[fkey] = self._taint.get(fkey, 0) + 1
-            if state.ranged:
+            if ranged:
                 self._suspect.add(fkey)
             else:
                 self._bad.add(fkey)
         self.chunks.evict(file)
         log.warning("%s failed its MD5 check%s", file.uri,
-                    "; fetching it whole" if state.ranged else ": EIO for every read of it")
-        raise DigestMismatch(f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
+                    "; fetching it whole" if ranged else ": EIO for every read of it")
+        raise DigestMismatch(why)
 
     def _finish(self, file: RemoteFile, state: InOrder,
                 fill: Callable[[int], bytes | None]) -> bool | None:
@@ -253,6 +280,10 @@ class Checks:
         for table in (self._held, self._running):
             if table.get(fkey) is state:
                 del table[fkey]
+
+
+def _two_bodies(file: RemoteFile, index: int) -> str:
+    return f"{file.uri}: the server sent two different bodies for chunk {index}"
 
 
 def key(file: RemoteFile) -> FileKey:

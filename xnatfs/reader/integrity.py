@@ -165,7 +165,7 @@ class Checks:
         if state is None:
             if index != 0 or self.chunks.have(file, last):
                 return
-        elif index < state.next or index in state.pending or state.verdict is not None:
+        elif state.took(index):
             return
         self.feed(file, index, data, last=index == last)
 
@@ -261,7 +261,6 @@ class Checks:
             if verdict is not None:
                 return verdict
         return verdict
-
 
     # -- where hashes are kept (under the lock) ----------------------------------------------
 

@@ -84,7 +84,7 @@ class InOrder:
             while True:
                 if self._contradicts(index, data):
                     raise Contradiction(index)
-                if self._has(index) or self.verdict is not None:
+                if self._took(index) or (index == self.next and self.hashing is not None):
                     return None
                 if len(self.pending) < MAX_PENDING or not self.busy:
                     break
@@ -121,10 +121,13 @@ class InOrder:
                 self.hashing = None
                 self.cond.notify_all()
 
-    def _has(self, index: int) -> bool:
-        """Whether a copy of chunk ``index`` is here already (under ``cond``)."""
-        return index < self.next or index in self.pending \
-            or (index == self.next and self.hashing is not None)
+    def took(self, index: int) -> bool:
+        """Whether the hash holds or has hashed a copy of chunk ``index``, or is complete."""
+        with self.cond:
+            return self._took(index)
+
+    def _took(self, index: int) -> bool:
+        return index < self.next or index in self.pending or self.verdict is not None
 
     def _contradicts(self, index: int, data: bytes) -> bool:
         """Whether ``data`` is not the copy of chunk ``index`` held or hashed (under ``cond``)."""

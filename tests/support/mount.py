@@ -106,6 +106,25 @@ def tree_of(root: str | Path) -> dict[str, str]:
     return out
 
 
+def files_under(root: str | Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """The files below ``root`` whose names do not end in ``skip``, listed while a live cache
+    may remove them and their emptied folders (its writer runs behind the reads): a folder gone
+    between listing and visit is skipped, where ``Path.rglob`` raises."""
+    return [Path(where) / name for where, _, names in os.walk(root) for name in names
+            if not name.endswith(skip)]
+
+
+def bytes_under(root: str | Path, skip: tuple[str, ...] = ()) -> int:
+    """Bytes of ``files_under(root, skip)``; a file evicted since the listing takes no room."""
+    total = 0
+    for path in files_under(root, skip):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
+
+
 def read_outcomes(m: Mount, oracle: Oracle) -> dict[str, str]:
     """Read every file of ``oracle`` through the mount once: 'ok', 'WRONG BYTES' or the name of
     the errno the read failed with."""

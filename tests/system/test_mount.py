@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.support.mount import Mount, needs_fuse, tree_of
+from tests.support.mount import Mount, bytes_under, needs_fuse, tree_of
 from tests.support.oracle import Oracle
 from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
 
@@ -224,9 +224,7 @@ def test_eviction_keeps_the_cache_under_its_limit(
     for path in o.files:
         assert (m / path).read_bytes() == o.files[path].read()
         read += o.files[path].size
-        used = sum(f.stat().st_size for f in (tmp_path / "c").rglob("*") if f.is_file()
-                   and not f.name.endswith(("-wal", "-shm")))
-        assert used <= limit
+        assert bytes_under(tmp_path / "c", skip=("-wal", "-shm")) <= limit
     assert read > 2 * limit
 
 

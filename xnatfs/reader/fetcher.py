@@ -53,7 +53,9 @@ end of a file read without its start is served unchecked but never kept, so a la
 read meets the check.
 
 A server that answers a Range with 200 is remembered: from then on every file is streamed once
-from its start, for all of its readers, instead of once per reader and range. Where no disk
+from its start, for all of its readers, instead of once per reader and range. Until the first
+ranged request has its answer, the others wait for it (``rangeprobe``), so that no window of
+requests is out streaming the file from byte 0 each. Where no disk
 cache keeps what such a stream brings ahead of its readers (``store=False``, materialize), the
 chunks are held for them and the stream waits once ``HELD_AHEAD`` are unread, rather than run
 ahead into an LRU that would drop them and start the file over from byte 0.
@@ -67,6 +69,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 
 from cachetools import LRUCache
 
@@ -81,6 +84,7 @@ from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.reader.integrity import LAG, Checks
 from xnatfs.reader.integrity import key as _file_key
 from xnatfs.reader.policy import MAX_WINDOW, TOLERANCE
+from xnatfs.reader.rangeprobe import RangeProbe
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.transport import PIECE, Body
@@ -129,6 +133,7 @@ class Fetcher:
         self._inflight: dict[Key, Future[bytes]] = {}
         self.checks = Checks(self, server=client.base_url, deadline=deadline)
         self._ignores_range = False  # the server answered a Range with the whole file
+        self._range = RangeProbe()  # until that is known, one ranged request at a time
         self._streams: set[_Delivery] = set()  # whole-file bodies finishing on their own
         self._held: dict[Key, bytes] = {}  # streamed ahead, unread, no disk to keep them
         self._taken = threading.Condition(self._lock)
@@ -250,6 +255,12 @@ class Fetcher:
                     if self._held.pop(key, None) is not None:
                         self._taken.notify_all()
             return data
+        with self._turn(file, deadline):
+            return self._claimed_or_awaited(file, index, store, deadline)
+
+    def _claimed_or_awaited(self, file: RemoteFile, index: int, store: bool,
+                            deadline: float) -> bytes:
+        key = _key(file, index)
         with self._lock:
             data = self._held.pop(key, None)
             if data is not None:
@@ -284,6 +295,10 @@ class Fetcher:
         return mine.result()
 
     def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
+        with self._turn(file, time.monotonic() + self.deadline):
+            self._prefetch_turn(file, first, last)
+
+    def _prefetch_turn(self, file: RemoteFile, first: int, last: int) -> None:
         wanted = [i for i in range(first, last + 1) if not self.have(file, i)]
         claims = self._claim(file, wanted)
         if self.cache is not None:
@@ -293,6 +308,12 @@ class Fetcher:
             self._from_cache(file, claims, [i for i in claims if self.cache.contains(file, i)])
         for run in _runs(sorted(claims)):
             self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, detach=False)
+
+    def _turn(self, file: RemoteFile, deadline: float) -> AbstractContextManager[None]:
+        """Claims on a file of several chunks wait while a first ranged request is out to learn
+        whether the server honours Range (``rangeprobe``); one chunk is one request anyway."""
+        return nullcontext() if self._range.known or self.chunk_count(file) == 1 \
+            else self._range.turn(deadline)
 
     def _from_cache(self, file: RemoteFile, claims: dict[int, Future[bytes]],
                     indices: list[int]) -> None:
@@ -360,6 +381,8 @@ class Fetcher:
                 log.warning("%s ignores Range: every file is streamed whole from now on",
                             self.client.base_url)
             delivery = _Delivery(self, file, body, claims, store)
+            if not whole:  # a whole body has claimed the file's chunks: the answer is in place
+                self._range.answered()
         except BaseException as exc:
             self._fail(file, claims, exc)
             if body is not None:

@@ -100,6 +100,11 @@ class Source:
         return self._fetcher.cached(remote, index) or \
             self._fetcher.chunk(remote, index, store=False, check=False)
 
+    @property
+    def whole_files(self) -> bool:
+        """Files come in one stream each (the server ignores Range, or its ranges lied)."""
+        return self._fetcher.whole_files is not None
+
 
 class Host(Protocol):
     """What a file in transfer needs from its run."""
@@ -525,7 +530,9 @@ class FileJob:
 
     def start(self) -> None:
         """Queue the first window of chunks but the first, and fetch that one right here (a
-        small file is then done in this task, without a trip through the queue)."""
+        small file is then done in this task, without a trip through the queue). Where files
+        come whole, the window waits for the first chunk: its stream has claimed the others by
+        then, and a request for chunk k sent before would stream the file's first k again."""
         if self.next_write >= self.count:
             with self.lock:
                 try:
@@ -535,8 +542,9 @@ class FileJob:
             return
         first = self.next_fetch
         self.next_fetch += 1
-        with self.lock:
-            self._fill_window()
+        if not self.source.whole_files:
+            with self.lock:
+                self._fill_window()
         self.fetch(first)
 
     def _fill_window(self) -> None:

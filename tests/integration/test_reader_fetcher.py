@@ -211,7 +211,9 @@ def test_last_chunk_waits_for_the_md5_of_chunks_still_in_flight(
     f = big(archive)
     wrong = replace(remote(f), digest="0" * 32)
     span = fetcher.prefetch(wrong, 0, 8)
-    time.sleep(0.1)  # the span is in flight
+    deadline = time.monotonic() + 10
+    while not emu.log.select(kind="file") and time.monotonic() < deadline:
+        time.sleep(0.005)  # until the span is in flight
     with pytest.raises(IntegrityError, match="MD5"):
         fetcher.chunk(wrong, 9)
     span.result(timeout=10)

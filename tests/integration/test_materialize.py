@@ -488,6 +488,28 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(emu, capsys, tmp_pa
     assert code == 2 and err.count("\n") == 1 and "cannot create" in err
 
 
+def test_a_part_file_is_continued_from_a_rangeless_server_in_one_stream(
+        capsys, tmp_path: Path, monkeypatch) -> None:
+    """The stream starts at byte 0 for a download continued at chunk 12; the chunks before it
+    go to nobody (held for readers, they cost a deadline each: see test_reader_fetcher)."""
+    size = 20 * CHUNK_SIZE + 99
+    archive = synthetic_archive(SyntheticSpec(
+        projects=1, subjects=1, sessions=1, scans=1, dicoms=0, niftis=1, nifti_size=size,
+        assessors=0, session_resources=0, subject_resources=0, project_resources=0, seed=8))
+    monkeypatch.setenv("XNAT_USER", "alice")
+    monkeypatch.setenv("XNAT_PASS", "secret")
+    with Emulator(archive, EmulatorConfig(range_enabled=False), users=USERS) as emu:
+        [(path, file)] = Oracle.of(emu).files.items()
+        final = tmp_path / path
+        final.parent.mkdir(parents=True)
+        part = final.parent / f".{final.name}{PART_SUFFIX}"
+        part.write_bytes(file.read(0, 12 * CHUNK_SIZE + 1000))
+        code, _out, err = run(capsys, emu.url, path, "-o", str(tmp_path))
+        assert code == 0, err
+        assert md5(final.read_bytes()) == file.md5 and not part.exists()
+        assert [r.bytes_sent for r in emu.log.select(kind="file")] == [size]
+
+
 def test_a_rangeless_server_streams_a_large_file_once_and_the_mount_cache_stays_as_it_was(
         capsys, tmp_path: Path, monkeypatch) -> None:
     size = 20 * CHUNK_SIZE + 99  # more chunks than the reader keeps in memory

@@ -156,6 +156,29 @@ def test_server_ignoring_range_with_concurrent_readers(
     assert 1 <= len(file_gets(emu)) <= 10
 
 
+def test_a_download_continued_mid_file_from_a_rangeless_server_goes_straight_on(
+        make_emulator: Callable[..., Emulator]) -> None:
+    """materialize continuing a part file at chunk 12: the whole-file stream hands the chunks
+    behind 12 to nobody. Held for readers (no disk cache keeps them), they made the stream wait
+    a deadline for each one past HELD_AHEAD, and the readers of 13 on timed out."""
+    size = 20 * CHUNK + 99
+    archive = synthetic_archive(SyntheticSpec(
+        projects=1, subjects=1, sessions=1, scans=1, dicoms=0, nifti_size=size, assessors=0,
+        session_resources=0, subject_resources=0, project_resources=0))
+    f = next(f for f in archive.files() if f.size == size)
+    emu = make_emulator(archive, range_enabled=False)
+    with XnatClient(emu.url, Credentials("alice", "secret")) as client:
+        client.login()
+        fetcher = Fetcher(client, None, CHUNK, deadline=1.0, backoff=0.01)
+        try:
+            part = RemoteFile(f.uri, size, None)
+            got = [fetcher.chunk(part, i, store=False, check=False) for i in range(12, 21)]
+        finally:
+            fetcher.close()
+    assert b"".join(got) == f.read()[12 * CHUNK:]
+    assert len(file_gets(emu)) == 1
+
+
 def test_md5_mismatch_evicts_retries_then_fails(
         emu: Emulator, fetcher: Fetcher, archive: Archive) -> None:
     f = big(archive)

@@ -58,7 +58,9 @@ ranged request has its answer, the others wait for it (``rangeprobe``), so that 
 requests is out streaming the file from byte 0 each. Where no disk
 cache keeps what such a stream brings ahead of its readers (``store=False``, materialize), the
 chunks are held for them and the stream waits once ``HELD_AHEAD`` are unread, rather than run
-ahead into an LRU that would drop them and start the file over from byte 0.
+ahead into an LRU that would drop them and start the file over from byte 0; the chunks before
+the first one asked for are then left to nobody (a download continued mid-file has no reader
+for them).
 """
 
 from __future__ import annotations
@@ -527,7 +529,12 @@ class _Delivery:
         self.index = body.start // fetcher.chunk_size
         self.extra: set[int] = set()
         if not body.ranged:
-            others = fetcher._claim(file, [i for i in range(fetcher.chunk_count(file))
+            # The chunks before the first one asked for are taken only where the disk keeps
+            # them: held for readers instead, they made the stream wait a deadline each for
+            # readers that never come (materialize continuing a part file from chunk 12).
+            keep_behind = store and fetcher.cache is not None
+            first = 0 if keep_behind or not claims else min(claims)
+            others = fetcher._claim(file, [i for i in range(first, fetcher.chunk_count(file))
                                            if i not in claims and not fetcher.have(file, i)])
             self.extra = set(others)
             claims.update(others)

@@ -153,7 +153,7 @@ def test_server_ignoring_range_with_concurrent_readers(
     with ThreadPoolExecutor(10) as pool:
         got = list(pool.map(lambda i: fetcher.chunk(remote(f), i), reversed(range(10))))
     assert got == [expected(f, i) for i in reversed(range(10))]
-    assert 1 <= len(file_gets(emu)) <= 10
+    assert len(file_gets(emu)) == 1  # the first answer came before the others asked
 
 
 def test_a_download_continued_mid_file_from_a_rangeless_server_goes_straight_on(

@@ -55,12 +55,11 @@ read meets the check.
 A server that answers a Range with 200 is remembered: from then on every file is streamed once
 from its start, for all of its readers, instead of once per reader and range. Until the first
 ranged request has its answer, the others wait for it (``rangeprobe``), so that no window of
-requests is out streaming the file from byte 0 each. Where no disk
-cache keeps what such a stream brings ahead of its readers (``store=False``, materialize), the
-chunks are held for them and the stream waits once ``HELD_AHEAD`` are unread, rather than run
-ahead into an LRU that would drop them and start the file over from byte 0; the chunks before
-the first one asked for are then left to nobody (a download continued mid-file has no reader
-for them).
+requests is out streaming the file from byte 0 each. Where no disk cache keeps what such a
+stream brings ahead of its readers (``store=False``, materialize), the chunks are held for them
+and the stream waits once ``HELD_AHEAD`` are unread, rather than run ahead into an LRU that
+would drop them and start the file over from byte 0; the chunks before the first one asked for
+are then left to nobody (a download continued mid-file has no reader for them).
 """
 
 from __future__ import annotations

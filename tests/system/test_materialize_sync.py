@@ -217,15 +217,30 @@ def test_sigkill_in_the_middle_of_a_sync_leaves_a_consistent_manifest(emu, capsy
 
 
 def test_two_concurrent_runs_into_one_folder_both_succeed(emu, tmp_path):
+    """The second run waits for the first. The first crawls until the second has said so, so
+    that a busy machine starting the second late cannot find the first finished already."""
     out = tmp_path / "out"
-    emu.config.bandwidth = 2e5
+    emu.config.bandwidth = 5e3  # seconds per file, and little debt left once lifted
     cmd = [sys.executable, "-m", "xnatfs", "materialize", emu.url, "PROJ01", "-o", str(out),
            "-j", "4"]
-    runs = [subprocess.Popen(cmd, env=child_env(), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    errs = [r.communicate(timeout=120)[1] for r in runs]
-    assert [r.returncode for r in runs] == [0, 0], errs
-    assert sum(e.count("waiting for it to finish") for e in errs) == 1
+
+    def start() -> subprocess.Popen[str]:
+        return subprocess.Popen(cmd, env=child_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    deadline = time.monotonic() + 60
+    while not requested(emu) and time.monotonic() < deadline:
+        time.sleep(0.01)  # downloading: it holds the folder's lock
+    second = start()
+    assert second.stderr is not None
+    said = ""
+    while "waiting for it to finish" not in said and time.monotonic() < deadline:
+        said += second.stderr.readline()
+    emu.config.bandwidth = None
+    errs = [first.communicate(timeout=120)[1], said + second.communicate(timeout=120)[1]]
+    assert [first.returncode, second.returncode] == [0, 0], errs
+    assert [e.count("waiting for it to finish") for e in errs] == [0, 1]
     assert not any("failed" in e for e in errs)
     assert local_tree(out) == server_tree(emu)
     # The files came once: the run that waited found them all unchanged.

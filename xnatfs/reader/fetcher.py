@@ -310,10 +310,17 @@ class Fetcher:
         for run in _runs(sorted(claims)):
             self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, detach=False)
 
+    def _whole(self, file: RemoteFile) -> bool:
+        """Fetched without Range: a file of one chunk, every file once ranged answers are not to
+        be used, a file whose ranged answers failed its MD5."""
+        return self.chunk_count(file) == 1 or self.whole_files is not None \
+            or self.checks.suspect(file)
+
     def _turn(self, file: RemoteFile, deadline: float) -> AbstractContextManager[None]:
-        """Claims on a file of several chunks wait while a first ranged request is out to learn
-        whether the server honours Range (``rangeprobe``); one chunk is one request anyway."""
-        return nullcontext() if self._range.known or self.chunk_count(file) == 1 \
+        """Claims on a file fetched with Range wait while a first ranged request is out to learn
+        whether the server honours it (``rangeprobe``). A file fetched whole neither waits nor
+        makes others wait: its answer says nothing of Range, and it may take long."""
+        return nullcontext() if self._range.known or self._whole(file) \
             else self._range.turn(deadline)
 
     def _from_cache(self, file: RemoteFile, claims: dict[int, Future[bytes]],
@@ -358,8 +365,7 @@ class Fetcher:
         body = None
         try:
             self._may_connect()
-            whole = self.chunk_count(file) == 1 or self.whole_files is not None \
-                or self.checks.suspect(file)
+            whole = self._whole(file)
             try:
                 if whole:
                     body = self.client.open_file(file.uri)

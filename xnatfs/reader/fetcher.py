@@ -531,14 +531,14 @@ class _Delivery:
         self.body = body
         self.claims = claims
         self.store = store
+        self.disk = store and fetcher.cache is not None  # the disk keeps what comes ahead
         self.index = body.start // fetcher.chunk_size
         self.extra: set[int] = set()
         if not body.ranged:
             # The chunks before the first one asked for are taken only where the disk keeps
             # them: held for readers instead, they made the stream wait a deadline each for
             # readers that never come (materialize continuing a part file from chunk 12).
-            keep_behind = store and fetcher.cache is not None
-            first = 0 if keep_behind or not claims else min(claims)
+            first = 0 if self.disk or not claims else min(claims)
             others = fetcher._claim(file, [i for i in range(first, fetcher.chunk_count(file))
                                            if i not in claims and not fetcher.have(file, i)])
             self.extra = set(others)
@@ -557,7 +557,7 @@ class _Delivery:
                 data = self.pieces.take(end - start)
                 if self.index in self.claims:
                     extra = self.index in self.extra
-                    hold = extra and not (self.store and fetcher.cache is not None)
+                    hold = extra and not self.disk
                     if hold:
                         fetcher._hold(file, self.index, data)
                     fetcher._deliver(file, self.index, data, self.claims,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_arch
 from xnatfs.errors import IntegrityError, XnatfsError
 from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.reader.fetcher import Fetcher
+from xnatfs.reader.handle import FileHandle
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials
@@ -285,3 +287,50 @@ def test_dead_server_fails_fast_then_recovers(
 def test_unknown_size_is_refused(fetcher: Fetcher, archive: Archive) -> None:
     with pytest.raises(ValueError, match="size"):
         fetcher.chunk(replace(remote(big(archive)), size=None), 0)
+
+
+ORDERS = {
+    "forward": lambda n: list(range(n)),
+    "backward": lambda n: list(range(n))[::-1],
+    "tail-first": lambda n: [n - 1, *range(n - 1)],
+    "random": lambda n: random.Random(19).sample(range(n), n),
+}
+
+
+@pytest.mark.parametrize("order", sorted(ORDERS))
+def test_a_remount_over_a_small_cache_never_serves_bytes_of_a_lying_server(
+        emu: Emulator, client: XnatClient, archive: Archive, tmp_path: Path, order: str) -> None:
+    """Issue 19: after a first whole read, a cache smaller than the file and a new process
+    (a remount), a server whose 206 bodies are shifted gave wrong bytes to readers from the
+    end: which copy passed the MD5 lived only in memory. Every read is right or EIO, and a
+    handle that has read the whole file was given the copy that passed."""
+    f = big(archive)
+    remote = RemoteFile(f.uri, f.size, f.md5)
+    cache = str(tmp_path / "small")
+    first = Fetcher(client, ChunkCache(cache, 4 * CHUNK, chunk_size=CHUNK), CHUNK, memory=CHUNK)
+    handle = FileHandle(first, remote)
+    assert handle.read(0, f.size) == f.read()
+    handle.close()
+    first.close()
+    first.cache.close()
+    emu.config.shift_rate = 1.0
+    again = Fetcher(client, ChunkCache(cache, 4 * CHUNK, chunk_size=CHUNK), CHUNK, memory=CHUNK)
+    outcomes = []
+    for attempt in range(2):
+        handle = FileHandle(again, remote)
+        try:
+            for index in ORDERS[order](again.chunk_count(remote)):
+                start, end = again.chunk_bounds(remote, index)
+                assert handle.read(start, end - start) == f.read(start, end - start), \
+                    (attempt, index)
+            outcomes.append("ok")
+        except XnatfsError as exc:
+            assert exc.errno == errno.EIO
+            outcomes.append("EIO")
+        finally:
+            handle.close()
+    assert any(r.fault == "shift" for r in emu.log)
+    # Once the lie is known, the file comes whole and right.
+    assert outcomes[-1] == "ok", outcomes
+    again.close()
+    again.cache.close()

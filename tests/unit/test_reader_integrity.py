@@ -27,6 +27,7 @@ class FakeChunks:
         self.cache: dict[int, bytes] = {}
         self.flying: dict[int, Future[bytes]] = {}
         self.evicted = 0
+        self.records: dict[str, bytes] = {}  # the disk's record of copies that passed
 
     def chunk_count(self, file: RemoteFile) -> int:
         return -(-len(self.data) // CHUNK)
@@ -43,6 +44,12 @@ class FakeChunks:
     def evict(self, file: RemoteFile) -> None:
         self.evicted += 1
         self.cache.clear()
+
+    def record(self, file: RemoteFile, tags: bytes) -> None:
+        self.records[file.version] = tags
+
+    def recorded(self, file: RemoteFile) -> bytes | None:
+        return self.records.get(file.version)
 
 
 def setup(size: int = 10 * CHUNK - 7, *, wrong: bool = False) -> tuple[Checks, FakeChunks,

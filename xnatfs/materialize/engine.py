@@ -105,6 +105,15 @@ class Source:
         """Files come in one stream each (the server ignores Range, or its ranges lied)."""
         return self._fetcher.whole_files is not None
 
+    def fetched_whole(self, remote: RemoteFile) -> bool:
+        """Whether this file's chunks come from one whole-file stream."""
+        return self._fetcher.fetched_whole(remote, check=False)
+
+    def distrust(self, remote: RemoteFile) -> None:
+        """The file's ranged answers made a copy that failed its MD5: fetch it whole from
+        now on, as the mount does after the same failure (``Fetcher.distrust``)."""
+        self._fetcher.distrust(remote, check=False)
+
 
 class Host(Protocol):
     """What a file in transfer needs from its run."""
@@ -583,13 +592,20 @@ class FileJob:
             self._finish()
 
     def _finish(self) -> None:
+        """Commit the part file. A failed check starts the file over once, from scratch:
+        after resuming (the part file may hold bytes of an earlier version of the file), or
+        when ranged answers made a copy that fails its MD5 (some proxy or server shifts or
+        garbles ranges; the file then comes in one stream, as the mount falls back to)."""
         try:
             self.host.commit(self)
         except IntegrityError as exc:
-            if not self.part.resumed_from:
+            if self.part.resumed_from:
+                log.info("%s: %s after resuming; downloading it whole", self.planned.path, exc)
+            elif isinstance(exc, DigestMismatch) and not self.source.fetched_whole(self.remote):
+                log.warning("%s: %s; fetching it whole", self.planned.path, exc)
+                self.source.distrust(self.remote)
+            else:
                 raise
-            # The part file may hold bytes of an earlier version of the file: start over.
-            log.info("%s: %s after resuming; downloading it whole", self.planned.path, exc)
             self.host.expect(self.part.size)
             self.host.submit(NEW_FILE, self._restart)
 

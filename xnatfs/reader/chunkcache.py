@@ -29,6 +29,10 @@ Built on ``diskcache`` (SQLite index + one file per chunk) with these choices, e
   per file; the lock and the GIL handed between threads at every SQLite call), half of all.
   ``close()``, and the end of the process, store what still waits.
 * **Private**: the directory is 0700, files 0600 (the data may be identifiable patient data).
+* **Records beside the chunks** (``put_record``): which copy of a file passed its MD5 (the
+  XXH3 tag of each chunk, 8 bytes a chunk). They live in a store of their own, never culled
+  with the chunks: a record evicted with the chunks let a remount take a shifted 206 body for
+  a chunk of a file that had passed (the wrong bytes of issue 19).
 * It survives remounts and is safe to share between processes (diskcache is process-safe).
 """
 
@@ -63,6 +67,7 @@ CHUNK_SIZE = 4 << 20
 DIRECT_MIN = 1 << 20  # values this large are written around the page cache
 DEFAULT_SIZE_LIMIT = 10 << 30
 BEHIND_MAX = 32 << 20  # bytes waiting for the writer thread at most
+RECORDS_LIMIT = 256 << 20  # records of passed copies: 8 bytes a chunk, 128 TiB of files
 MIN_FREE_FRACTION = 0.05  # keep 5 % of the cache's file system free, as mountpoint-s3 does
 _CACHE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 
@@ -182,6 +187,7 @@ class ChunkCache:
         self._behind = threading.Condition()
         self._writer: threading.Thread | None = None
         self._closing = False
+        self._records: diskcache.Cache | None = None  # opened on first use
 
     def _open(self) -> diskcache.Cache:
         db = os.path.join(self.directory, diskcache.core.DBNAME)
@@ -225,6 +231,35 @@ class ChunkCache:
 
     def put_blob(self, key: str, data: bytes) -> bool:
         return self._put("blob\0" + key, data)
+
+    def put_record(self, key: str, data: bytes) -> None:
+        """Keep a small record that outlives the chunks (see the module docstring)."""
+        try:
+            with self._lock:
+                self._record_store().set(key, data, tag=_tag(data))
+        except _CACHE_ERRORS as exc:
+            log.warning("chunk cache record failed: %s", exc)
+
+    def get_record(self, key: str) -> bytes | None:
+        try:
+            with self._lock:
+                data, tag = self._record_store().get(key, tag=True)
+        except _CACHE_ERRORS as exc:
+            log.warning("chunk cache record read failed: %s", exc)
+            return None
+        if data is None or tag != _tag(data):
+            return None
+        return bytes(data)
+
+    def _record_store(self) -> diskcache.Cache:
+        """Under ``_lock``."""
+        if self._records is None:
+            folder = os.path.join(self.directory, "records")
+            private_dir(folder)
+            _create_private(os.path.join(folder, diskcache.core.DBNAME))
+            self._records = diskcache.Cache(folder, size_limit=RECORDS_LIMIT,
+                                            eviction_policy="least-recently-used")
+        return self._records
 
     def _get(self, key: str) -> bytes | None:
         if self._waiting or self._batch:
@@ -396,6 +431,7 @@ class ChunkCache:
         and the log emptied: what was cleared is gone from every file of the folder."""
         with self._lock:
             removed = int(self._cache.clear(retry=True))
+            self._record_store().clear(retry=True)
             db = os.path.join(self.directory, diskcache.core.DBNAME)
             with closing(sqlite3.connect(db, timeout=60, isolation_level=None)) as con:
                 con.execute("VACUUM")
@@ -411,6 +447,8 @@ class ChunkCache:
         if writer is not None:
             writer.join()
         self._cache.close()
+        if self._records is not None:
+            self._records.close()
 
 
 def _create_private(path: str) -> None:

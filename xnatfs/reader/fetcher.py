@@ -68,11 +68,13 @@ import itertools
 import logging
 import threading
 import time
+from array import array
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
 from cachetools import LRUCache
+from xxhash import xxh3_64_intdigest
 
 from xnatfs.errors import (
     ConnectError,
@@ -86,6 +88,7 @@ from xnatfs.reader.integrity import LAG, Checks
 from xnatfs.reader.integrity import key as _file_key
 from xnatfs.reader.policy import MAX_WINDOW, TOLERANCE
 from xnatfs.reader.rangeprobe import RangeProbe
+from xnatfs.reader.verify import Verifier
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.transport import PIECE, Body
@@ -159,8 +162,8 @@ class Fetcher:
     def chunk(self, file: RemoteFile, index: int, *, store: bool = True,
               check: bool = True) -> bytes:
         """One chunk, exact and checked; see the module docstring."""
-        if not check and file.digest:
-            file = RemoteFile(file.uri, file.size, None)  # its own keys: see the docstring
+        if not check:
+            file = _unchecked(file)  # its own keys: see the docstring
         if not 0 <= index < self.chunk_count(file):
             raise ValueError(f"chunk {index} out of range for {file.uri} ({file.size} bytes)")
         deadline = time.monotonic() + self.deadline
@@ -178,6 +181,24 @@ class Fetcher:
                 time.sleep(delay)
                 delay = min(delay * 2, 4.0)
         raise AssertionError("unreachable")
+
+    def fetched_whole(self, file: RemoteFile, *, check: bool = True) -> bool:
+        """Whether the file's chunks come from one whole-file stream (see ``_whole``)."""
+        return self._whole(file if check else _unchecked(file))
+
+    def distrust(self, file: RemoteFile, *, check: bool = True) -> None:
+        """A caller that checks the MD5 itself (``check=False``) found that bytes from ranged
+        answers failed it: fetch the file whole from now on, as ``Checks`` does after its own
+        failures, and drop the chunks those answers brought."""
+        if check:
+            self.checks.suspect_ranges(file)
+            self.evict(file)
+            return
+        file = _unchecked(file)  # never stored on disk: memory is all there is to drop
+        self.checks.suspect_ranges(file)
+        for index in range(self.chunk_count(file)):
+            with self._memory_lock:
+                self._memory.pop(_key(file, index), None)
 
     def taint(self, file: RemoteFile) -> int:
         """How many times bytes of this file version failed its MD5 (``Checks.taint``)."""
@@ -383,11 +404,14 @@ class Fetcher:
             if self._unreachable:
                 self._unreachable = False
                 log.warning("the server answers again")
+            delivery = _Delivery(self, file, body, claims, store)
             if not whole and not body.ranged and self.whole_files is None:
+                # Only now, with the body's claims on the file's chunks in place: a reader
+                # that sees the flag goes straight to claiming, and must find them claimed
+                # (set before, a window of readers each streamed the file again).
                 self._ignores_range = True
                 log.warning("%s ignores Range: every file is streamed whole from now on",
                             self.client.base_url)
-            delivery = _Delivery(self, file, body, claims, store)
             if not whole:  # a whole body has claimed the file's chunks: the answer is in place
                 self._range.answered()
         except BaseException as exc:
@@ -501,6 +525,35 @@ class Fetcher:
         with self._lock:
             return self._inflight.get(_key(file, index))
 
+    def record(self, file: RemoteFile, tags: bytes) -> None:
+        """Keep the chunk tags of the copy of the file that passed its MD5 (``Checks.passed``)."""
+        if self.cache is not None:
+            self.cache.put_record(_record_key(file), tags)
+
+    def recorded(self, file: RemoteFile) -> bytes | None:
+        return None if self.cache is None else self.cache.get_record(_record_key(file))
+
+    def verify(self, file: RemoteFile) -> array[int]:
+        """The chunk tags of a copy of the whole file that matches its MD5: the one known, or
+        one hashed now from the start, chunk by chunk, from the caches or the network. What a
+        handle needs when it has served every chunk of a file and no running hash saw them
+        all (a reader from the end, a cache smaller than the file). DigestMismatch if no copy
+        passes."""
+        tags = self.checks.passed(file)
+        if tags is not None or not file.digest:
+            return tags if tags is not None else array("Q")
+        verifier = Verifier(None, file.digest)
+        tags = array("Q", bytes(8 * self.chunk_count(file)))
+        for index in range(self.chunk_count(file)):
+            data = self.chunk(file, index)
+            tags[index] = xxh3_64_intdigest(data)
+            verifier.update(data)
+        if not verifier.matches():
+            self.checks.disproven(file, True, f"MD5 mismatch for {file.uri}: the listing says "
+                                              f"{file.digest}")
+        self.checks.proven(file, tags)
+        return tags
+
     def evict(self, file: RemoteFile) -> None:
         """Drop every chunk of the file from memory, from those held for readers and from the
         disk cache."""
@@ -610,6 +663,15 @@ def _size(file: RemoteFile) -> int:
     if file.size is None:
         raise ValueError(f"size of {file.uri} unknown: resolve it first (Tree.file_size)")
     return file.size
+
+
+def _unchecked(file: RemoteFile) -> RemoteFile:
+    """The file as a caller that checks its MD5 itself fetches it, under keys of its own."""
+    return RemoteFile(file.uri, file.size, None) if file.digest else file
+
+
+def _record_key(file: RemoteFile) -> str:
+    return f"passed\0{file.version}\0{file.uri}"
 
 
 def _key(file: RemoteFile, index: int) -> Key:

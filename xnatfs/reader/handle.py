@@ -14,9 +14,18 @@ failed (one read over a whole small file gathers them all before the last one is
 A handle of a file of several chunks holds the file's MD5 while it is open and offers it every
 chunk it gets (``integrity``: ``hold``, ``served``), so a file read from its start is checked
 whole whatever the caches kept.
+
+Whatever the order of its reads, a handle that has served every chunk of a file has served a
+copy whose MD5 passed, or it fails: it keeps the XXH3 tag of each chunk it gave out, and
+before it gives out the last one it has not (the end for a forward reader, the start for a
+backward one) it compares them all with the tags of a copy that passed (``Fetcher.verify``:
+the one recorded, or one hashed there and then). A chunk given out twice must be the same
+copy both times.
 """
 
 from __future__ import annotations
+
+from xxhash import xxh3_64_intdigest
 
 from xnatfs.errors import DigestMismatch
 from xnatfs.reader.fetcher import Fetcher
@@ -40,6 +49,8 @@ class FileHandle:
         self._taint = fetcher.taint(file)
         self._gave = False
         self._served: set[int] = set()  # chunks served and still in the fetcher's memory
+        self._tags: dict[int, int] = {}  # XXH3 of each chunk given out (files with an MD5)
+        self._copies: dict[int, int] = {}  # which bytes object gave it (no XXH3 twice)
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size), fewer at the end of the file, b"" past it."""
@@ -73,6 +84,8 @@ class FileHandle:
             if self.readahead is not None and index not in self._served:
                 self.fetcher.served(self.file, index, data)
             self._served.add(index)
+            if self.readahead is not None and self.file.digest:
+                self._tag(index, data)
             base = index * chunk_size
             parts.append((data, max(offset - base, 0), min(end - base, len(data))))
         if self.fetcher.taint(self.file) != self._taint:  # while this read gathered its chunks
@@ -83,6 +96,26 @@ class FileHandle:
             return parts[0]
         joined = b"".join(memoryview(data)[lo:hi] for data, lo, hi in parts)
         return joined, 0, len(joined)
+
+    def _tag(self, index: int, data: bytes) -> None:
+        """Keep the tag of a chunk given out; before the last one not given out yet, check
+        the whole set against a copy that passed (see the module docstring)."""
+        if self._copies.get(index) == id(data):
+            return
+        tag = xxh3_64_intdigest(data)
+        self._copies[index] = id(data)
+        known = self._tags.setdefault(index, tag)
+        if known != tag:
+            raise DigestMismatch(f"{self.file.uri}: two different copies of chunk {index} "
+                                 "came through this handle")
+        if len(self._tags) < self.fetcher.chunk_count(self.file):
+            return
+        passed = self.fetcher.verify(self.file)
+        wrong = [i for i, t in self._tags.items() if passed[i] != t]
+        if wrong:
+            self.fetcher.checks.disproven(
+                self.file, True, f"{self.file.uri}: chunk {wrong[0]} given out through this "
+                                 "handle is not the copy that passed the file's MD5")
 
     def will_read(self, start: int, end: int) -> None:
         """The caller is about to read [start, end) in order (fsspec's ``cat_file`` and

@@ -63,6 +63,8 @@ class Chunks(Protocol):
     def have(self, file: RemoteFile, index: int) -> bool: ...
     def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None: ...
     def evict(self, file: RemoteFile) -> None: ...
+    def record(self, file: RemoteFile, tags: bytes) -> None: ...
+    def recorded(self, file: RemoteFile) -> bytes | None: ...
 
 
 class Checks:
@@ -159,15 +161,58 @@ class Checks:
         re-read from the cache is not hashed again. DigestMismatch if this completes it wrong."""
         if not file.digest:
             return
+        fkey = key(file)
         with self._lock:
-            state = self._get(key(file))
+            state = self._get(fkey)
         last = self.chunks.chunk_count(file) - 1
         if state is None:
-            if index != 0 or self.chunks.have(file, last):
+            tags = self.passed(file)
+            if tags is not None:  # the file passed: this copy must be the one that did
+                if xxh3_64_intdigest(data) != tags[index]:
+                    self._failed(file, True, _two_bodies(file, index))
+                return
+            if index != 0:
                 return
         elif state.took(index):
             return
         self.feed(file, index, data, last=index == last)
+
+    def passed(self, file: RemoteFile) -> array[int] | None:
+        """The XXH3 tag of every chunk of the copy of the file whose MD5 passed, or None.
+        Kept on disk beside the chunks (``Chunks.record``): which copy passed must outlive a
+        remount and the eviction of the chunks, or a chunk fetched again by Range after
+        either would be served unchecked (the wrong bytes of issue 19)."""
+        fkey = key(file)
+        with self._lock:
+            tags = self._passed.get(fkey)
+        if tags is not None or not file.digest:
+            return tags
+        blob = self.chunks.recorded(file)
+        if blob is None or len(blob) != 8 * self.chunks.chunk_count(file):
+            return None
+        tags = array("Q")
+        tags.frombytes(blob)
+        if len(tags) <= PASSED_TAGS:
+            with self._lock:
+                self._passed[fkey] = tags
+        return tags
+
+    def proven(self, file: RemoteFile, tags: array[int]) -> None:
+        """A copy of the whole file with these chunk tags matched its MD5."""
+        if len(tags) <= PASSED_TAGS:
+            with self._lock:
+                self._passed[key(file)] = tags
+        if len(tags) > 1:
+            self.chunks.record(file, tags.tobytes())
+
+    def suspect_ranges(self, file: RemoteFile) -> None:
+        """Fetch the file whole from now on: its ranged answers made a copy that failed."""
+        with self._lock:
+            self._suspect.add(key(file))
+
+    def disproven(self, file: RemoteFile, ranged: bool, why: str) -> NoReturn:
+        """Bytes a reader was given are not the copy that passed (or no copy passes)."""
+        self._failed(file, ranged, why)
 
     # -- hashing ---------------------------------------------------------------------------
 
@@ -182,7 +227,9 @@ class Checks:
         fkey = key(file)
         with self._lock:
             state = self._get(fkey)
-            tags = self._passed.get(fkey) if state is None else None
+        tags = self.passed(file) if state is None else None
+        with self._lock:
+            state = self._get(fkey) if state is None and tags is None else state
             if state is None and tags is None:
                 if index >= MAX_PENDING:
                     return False  # not read from its start: only sizes are checked
@@ -216,14 +263,13 @@ class Checks:
             return False
         with self._lock:
             self._drop(fkey, state)
-            if verdict:
-                if len(state.tags) <= PASSED_TAGS:
-                    self._passed[fkey] = state.tags
-                if fkey in self._suspect and self.whole_files is None:
-                    self.whole_files = "the server's ranged answers failed MD5 checks"
-                    log.warning("%s sent wrong bytes for ranges of %s that pass whole: every "
-                                "file is fetched whole from now on", self.server, file.uri)
-                return True
+            if verdict and fkey in self._suspect and self.whole_files is None:
+                self.whole_files = "the server's ranged answers failed MD5 checks"
+                log.warning("%s sent wrong bytes for ranges of %s that pass whole: every "
+                            "file is fetched whole from now on", self.server, file.uri)
+        if verdict:
+            self.proven(file, state.tags)
+            return True
         self._failed(file, state.ranged,
                      f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
 

@@ -300,10 +300,16 @@ class Resource:
         self._by_path.setdefault(relpath, f)
         return f
 
-    def replace_file(self, relpath: str, content: Content) -> File:
+    def replace_file(self, relpath: str, content: Content, *, mtime: float | None = None) -> File:
         """New bytes under an existing name (an upload with ``overwrite=true``): tests change
-        the archive between two runs of a client with this and ``remove_file``."""
+        the archive between two runs of a client (or under an open one) with this and
+        ``remove_file``. ``mtime`` stamps the new bytes (a real upload gets the time of the
+        upload), so downloads show a new Last-Modified and answer conditional GETs by it; the
+        listings show the new size and digest from the next request on. A body already being
+        sent goes on with the old bytes, as a file still open on the server's disk would."""
         f = self._by_path[relpath]
+        if mtime is not None:
+            content.mtime = mtime
         f.content = content
         return f
 

@@ -26,6 +26,10 @@ class EmulatorConfig:
     """False: Range is ignored and the full body comes back with 200."""
     error_rate: float = 0.0
     """Fraction of requests answered 500/502/503/504 instead."""
+    retry_after: float | None = None
+    """Set: the injected errors are all 503 with ``Retry-After`` of this many seconds
+    (rounded up to whole seconds, the header's form), as an overloaded server or a
+    maintenance page says when to come back."""
     truncate_rate: float = 0.0
     """Fraction of bodies cut short: the full length is promised, the connection closes early."""
     reset_rate: float = 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import random
 import socket
@@ -323,10 +324,13 @@ class _Handler(BaseHTTPRequestHandler):
             emulator._stopping.wait(delay)
         hit = config.fault_kinds is None or response.kind in config.fault_kinds
         if record.fault is None and error_draw < config.error_rate and hit:
-            status = (500, 502, 503, 504)[int(position * 4) % 4]
+            status = 503 if config.retry_after is not None \
+                else (500, 502, 503, 504)[int(position * 4) % 4]
             body = (pages.restlet_status(500, "Internal Server Error") if status == 500
                     else pages.proxy_error(status))
             _become(response, status, body)
+            if config.retry_after is not None:
+                response.headers.append(("Retry-After", str(math.ceil(config.retry_after))))
             record.fault = "error"
 
     def _plan(self, response: Response, record: Record, draws: tuple[float, float, float]) -> Plan:

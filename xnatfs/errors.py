@@ -95,6 +95,15 @@ class DigestMismatch(IntegrityError):
     transient = False  # the same request would bring the same bytes
 
 
+class Changed(XnatfsError):
+    """The file is no longer the revision a reader opened (its Last-Modified moved, or the
+    server refused our If-Unmodified-Since with 412): its bytes must not be mixed into what
+    was already served, and asking again brings the new revision, never the old one."""
+
+    errno = errno.EIO
+    transient = False
+
+
 class LocalError(XnatfsError):
     """Writing one file to a local output folder failed; the run goes on with the others."""
 

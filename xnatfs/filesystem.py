@@ -34,10 +34,11 @@ from fsspec.implementations.local import make_path_posix, trailing_sep
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.utils import other_paths, stringify_path
 
+from xnatfs.archive import Archive
 from xnatfs.cli.units import parse_size
 from xnatfs.errors import AuthError, Forbidden, NotFound, UsageError, XnatfsError
-from xnatfs.tree.model import Node, RemoteFile, Tree, split_path
-from xnatfs.xnat.client import XnatClient, normalise_base_url
+from xnatfs.tree.model import Node, RemoteFile, split_path
+from xnatfs.xnat.client import GRACE, XnatClient, normalise_base_url
 from xnatfs.xnat.credentials import Credentials, resolve_credentials
 
 log = logging.getLogger(__name__)
@@ -60,48 +61,8 @@ class _Options:
     insecure: bool
 
 
-class _Reader:
-    """The one place that calls into ``xnatfs.reader``: the chunk cache, the fetcher over it,
-    and reads of one file through a handle (read-ahead included)."""
-
-    def __init__(self, client: XnatClient, cache_dir: str | None, cache_size: int) -> None:
-        from xnatfs.reader.chunkcache import ChunkCache
-        from xnatfs.reader.fetcher import Fetcher
-
-        try:
-            self.cache = ChunkCache(cache_dir, cache_size)
-        except OSError as exc:
-            raise XnatfsError(f"cannot use the cache folder {exc.filename or cache_dir}: "
-                              f"{exc.strerror or exc}") from None
-        self.fetcher = Fetcher(client, self.cache, self.cache.chunk_size)
-        self.chunk_size = self.cache.chunk_size
-
-    def open(self, file: RemoteFile) -> Any:
-        """A handle with ``read(offset, size)`` and ``close()``; ``file.size`` is known."""
-        from xnatfs.reader.handle import FileHandle
-
-        return FileHandle(self.fetcher, file)
-
-    def read(self, handle: Any, start: int, end: int) -> bytes:
-        """Bytes [start, end) through ``handle``, a chunk at a time: a long read then looks
-        sequential to the read-ahead, which widens its window as it goes instead of waiting
-        for one chunk after another."""
-        step = self.chunk_size
-        if end - start <= step:
-            return handle.read(start, end - start)
-        handle.will_read(start, end)
-        parts = []
-        for offset in range(start, end, step):
-            piece = handle.read(offset, min(step, end - offset))
-            parts.append(piece)
-            if len(piece) < min(step, end - offset):
-                break
-        return b"".join(parts)
-
-
-
 class _Stack:
-    """Client, tree and reader of one process, logged in once."""
+    """The client and the archive of one process, logged in once."""
 
     def __init__(self, options: _Options) -> None:
         credentials = _credentials(options)
@@ -113,8 +74,10 @@ class _Stack:
                                  read_timeout=options.timeout)
         log_in(self.client)
         log.info("logged in to %s (%s)", options.url, credentials.source)
-        self.tree = Tree(self.client, ttl=options.ttl)
-        self.reader = _Reader(self.client, options.cache_dir, options.cache_size)
+        self.archive = Archive.open_for(
+            self.client, cache_dir=options.cache_dir, cache_size=options.cache_size,
+            ttl=options.ttl, deadline=options.timeout + GRACE)
+        self.tree = self.archive.tree
         self.pid = os.getpid()
 
 
@@ -316,11 +279,11 @@ class XnatFileSystem(AbstractFileSystem):
         hi = size if end is None else (max(size + end, 0) if end < 0 else min(end, size))
         if lo >= hi:
             return b""
-        reader = self.stack.reader
-        handle = reader.open(file)
+        archive = self.stack.archive
+        handle = archive.open(file)
         try:
             with _errors(path):
-                return reader.read(handle, lo, hi)
+                return archive.read(handle, lo, hi)
         finally:
             handle.close()
 
@@ -422,13 +385,13 @@ class XnatFile(AbstractBufferedFile):
     def __init__(self, fs: XnatFileSystem, path: str, file: RemoteFile, **kwargs: Any) -> None:
         kwargs.setdefault("cache_type", "none")
         kwargs.pop("size", None)  # reopened after pickling: the listing knows it
-        self._reader = fs.stack.reader
-        self._handle = self._reader.open(file)
+        self._archive = fs.stack.archive
+        self._handle = self._archive.open(file)
         super().__init__(fs, path, "rb", size=file.size, **kwargs)
 
     def _fetch_range(self, start: int, end: int) -> bytes:
         with _errors(self.path):
-            return self._reader.read(self._handle, start, min(end, self.size))
+            return self._archive.read(self._handle, start, min(end, self.size))
 
     def close(self) -> None:
         handle = getattr(self, "_handle", None)
@@ -458,7 +421,7 @@ def _materialize(stack: _Stack, paths: tuple[str, ...], root: str,
     with _errors(paths[0] if len(paths) == 1 else ""):
         output = Placed(root)
         report = Counted(output.root, progress=False, interval=0)
-        Engine(stack.tree, Source(stack.reader.fetcher), output, report,
+        Engine(stack.tree, Source(stack.archive), output, report,
                Options(records=False)).run(Selection(paths))
         summary = report.summary()
     if not summary.ok:

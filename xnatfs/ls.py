@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from xnatfs.archive import Archive
 from xnatfs.cli.options import add_connection_options, open_client
 from xnatfs.errors import NotFound, UsageError
 from xnatfs.tree.model import Node, Tree, split_path
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     path = _path(args)
     with open_client(args) as client:
-        tree = Tree(client)
+        tree = Archive.open_for(client, cache="none").tree  # listings only: no reader runs
         node = tree.lookup(path)
         base = "/".join(split_path(path))
         if not node.is_dir:

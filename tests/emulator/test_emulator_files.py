@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import io
 import zipfile
+from email.utils import formatdate
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import pytest
 
 from xnat_emulator import Archive, Emulator, File
+from xnat_emulator.content import SyntheticContent
 
 
 def scan_file(archive: Archive, name: str) -> File:
@@ -172,3 +175,47 @@ def test_other_zips(api: Any, small_archive: Archive) -> None:
 def test_catalog(api: Any) -> None:
     response = api.get("/data/experiments/XNAT_E00001/scans/1/resources/DICOM")
     assert response.status_code == 200 and "<cat:entry URI=\"0001.dcm\"" in response.text
+
+
+def test_conditional_gets_follow_last_modified_and_a_replaced_file_gets_a_new_one(
+        make_emulator: Any, login: Any) -> None:
+    """Restlet's ``Conditions`` on file GETs, to the second: If-Unmodified-Since gives 412 once
+    the file's mtime is later than the date (also under a Range: the precondition comes
+    first), If-Modified-Since gives 304 while it is not; an unreadable date is ignored. A
+    client pins an open file to the version it opened with these, so a file replaced on the
+    server must show a new Last-Modified, and its listing the new size and digest."""
+    archive = Archive()
+    subject = archive.add_subject(archive.add_project("COND"), "S1")
+    scan = archive.add_scan(archive.add_experiment(subject, "E1"), "1", "T1w")
+    resource = archive.add_resource(scan, "NIFTI")
+    f = resource.add_file("t1.nii", SyntheticContent(seed=1, size=5000, mtime=1.7e9 + 0.6))
+    api = login(make_emulator(archive))
+    first = api.get(f.uri)
+    stamp = first.headers["Last-Modified"]
+    assert stamp == formatdate(1.7e9, usegmt=True)
+    before, later = formatdate(1.7e9 - 1, usegmt=True), formatdate(1.7e9 + 50, usegmt=True)
+
+    def status(method: str = "GET", **headers: str) -> int:
+        return api.request(method, f.uri, headers={k.replace("_", "-"): v
+                                                   for k, v in headers.items()}).status_code
+
+    assert status(If_Unmodified_Since=stamp) == 200
+    assert status(If_Unmodified_Since=stamp, Range="bytes=10-19") == 206
+    assert status(If_Unmodified_Since=before) == 412
+    assert status("HEAD", If_Unmodified_Since=before) == 412
+    assert status(If_Unmodified_Since=before, Range="bytes=10-19") == 412
+    assert status(If_Unmodified_Since="not a date") == 200
+    assert status(If_Modified_Since=stamp) == 304
+    assert status(If_Modified_Since=before) == 200
+
+    resource.replace_file("t1.nii", SyntheticContent(seed=2, size=6000, mtime=0.0),
+                          mtime=1.7e9 + 100)
+    second = api.get(f.uri)
+    assert second.content == f.read() != first.content and len(second.content) == 6000
+    assert second.headers["Last-Modified"] == formatdate(1.7e9 + 100, usegmt=True)
+    assert status(If_Unmodified_Since=stamp, Range="bytes=10-19") == 412
+    assert status(If_Unmodified_Since=later) == 412
+    assert status(If_Modified_Since=stamp) == 200
+    rows = api.get(f"{resource.base_uri()}/files", params={"format": "json"}).json()
+    (row,) = rows["ResultSet"]["Result"]
+    assert (row["Size"], row["digest"]) == ("6000", hashlib.md5(second.content).hexdigest())

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import threading
 import time
 
 import pytest
 
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnat_emulator.content import SyntheticContent
 from xnatfs.errors import (
     AuthError,
+    Changed,
     ConnectError,
     IntegrityError,
     NotFound,
+    ServerError,
+    ServerTimeout,
     TransferError,
     XnatfsError,
 )
-from xnatfs.xnat.client import MAX_DROPPED, MAX_LOST, XnatClient
+from xnatfs.xnat.client import MAX_DROPPED, MAX_LOST, XnatClient, encode_path
 from xnatfs.xnat.credentials import Credentials
-from xnatfs.xnat.transport import SessionLosses
+from xnatfs.xnat.retry import MAX_TRIES, Attempts
+from xnatfs.xnat.session import SessionLosses
 
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=2, dicoms=3, dicom_size=2048,
                      niftis=1, nifti_size=3 << 20, hostile=True, seed=3)
@@ -101,12 +108,12 @@ def test_sessions_that_served_and_died_are_not_refused_credentials(emu):
         losses = SessionLosses()
         for _ in range(MAX_DROPPED):
             generation = client.generation
-            client.served(generation)
-            client.session_lost(generation, "/data/projects", losses)
+            client.jsession.served(generation)
+            client.jsession.lost(generation, "/data/projects", losses)
         assert client.generation == 1 + MAX_DROPPED
-        client.served(client.generation)
+        client.jsession.served(client.generation)
         with pytest.raises(TransferError, match="ended the session 11 times") as failed:
-            client.session_lost(client.generation, "/data/projects", losses)
+            client.jsession.lost(client.generation, "/data/projects", losses)
         assert failed.value.transient
     assert logins(emu) == 1 + MAX_DROPPED
 
@@ -232,3 +239,104 @@ def test_an_alias_token_logs_in_as_its_user(emu):
         client.login()
         assert client.listing("/data/projects")
     assert {r.user for r in emu.log.records() if r.path == "/data/projects"} == {"alice"}
+
+
+# -- one retry policy, one deadline ---------------------------------------------------------
+
+def _gets(emu, f) -> int:
+    return emu.log.count(method="GET", path_prefix=encode_path(f.uri))
+
+
+def _big(archive):
+    return max(_some_files(archive, 1000), key=lambda f: f.size)
+
+
+def test_a_file_whose_every_get_fails_costs_four_gets(emu, archive):
+    """The header phase is tried at most four times in all, whoever asks."""
+    big = _big(archive)
+    emu.config.fault_kinds = frozenset({"file"})
+    with client_for(emu) as client:
+        client.login()
+        emu.config.error_rate = 1.0
+        with pytest.raises(ServerError):
+            client.open_file(big.uri, 0, 100)
+        assert _gets(emu, big) == MAX_TRIES
+        emu.log.clear()
+        with pytest.raises(ServerError):
+            client.open_file(big.uri, 0, 100, attempts=Attempts.within(30))
+        assert _gets(emu, big) == MAX_TRIES
+        assert emu.log.count(fault="error") == MAX_TRIES
+
+
+def test_a_stalled_body_ends_at_the_deadline_with_both_phases_on_one_budget(emu, archive):
+    """Every body stalls: a reader that resumes broken bodies with the same ``Attempts``
+    gets ServerTimeout, and the server has seen at most four GETs."""
+    big = _big(archive)
+    emu.config.fault_kinds = frozenset({"file"})
+    emu.config.stall_rate, emu.config.stall_seconds = 1.0, 30.0
+    with client_for(emu) as client:
+        client.login()
+        began = time.monotonic()
+        attempts = Attempts.within(2.0)
+        got = 0
+        with pytest.raises(ServerTimeout):
+            while True:
+                try:
+                    with client.open_file(big.uri, got, attempts=attempts) as body:
+                        for piece in body.chunks():
+                            got += len(piece)
+                    break
+                except XnatfsError as exc:
+                    attempts.again(exc, f"GET {big.uri}")
+        elapsed = time.monotonic() - began
+        print(f"ServerTimeout after {elapsed:.2f} s, {_gets(emu, big)} GETs")
+        assert 1 <= _gets(emu, big) <= MAX_TRIES
+        assert elapsed < 2 + 1 + 2  # generous: the deadline is 2 s
+        # the dropped connection is not reused: the next GET is answered
+        emu.config.stall_rate = 0.0
+        assert client.fetch_range(big.uri, 0, 10) == big.read(0, 10)
+
+
+def test_retry_after_sets_the_pause_and_one_past_the_deadline_ends_the_call(emu, archive,
+                                                                            caplog):
+    big = _big(archive)
+    emu.config.fault_kinds = frozenset({"file"})
+    with client_for(emu) as client:
+        client.login()
+        emu.config.error_rate, emu.config.retry_after = 1.0, 30.0
+        with pytest.raises(ServerError, match="HTTP 503"):
+            client.open_file(big.uri, 0, 100, attempts=Attempts.within(3.0))
+        assert _gets(emu, big) == 1  # come back in 30 s: not within this call's 3 s
+        emu.log.clear()
+        emu.config.retry_after, emu.config.fault_streak = 1.0, 1  # one 503, then the bytes
+        with caplog.at_level(logging.INFO, logger="xnatfs.xnat.retry"), \
+                client.open_file(big.uri, 0, 200, attempts=Attempts.within(10.0)) as body:
+            assert body.read(200) == big.read(0, 200)
+        assert _gets(emu, big) == 2 and emu.log.count(status=503) == 1
+        assert [r.getMessage() for r in caplog.records if "trying again in 1 s" in
+                r.getMessage()]
+
+
+def test_a_file_changed_since_it_was_opened_raises_changed():
+    archive = synthetic_archive(SPEC)
+    with Emulator(archive, EmulatorConfig(), users={"alice": "secret"}) as emu, \
+            client_for(emu) as client:
+        f = _big(archive)
+        with client.open_file(f.uri, 0, 10) as body:
+            opened = body.last_modified
+            assert opened and body.attempts is not None and body.read(10) == f.read(0, 10)
+        with client.open_file(f.uri, 10, 20, since=opened) as body:  # unchanged: served
+            assert body.read(10) == f.read(10, 10)
+        # an older revision put back: If-Unmodified-Since holds, Last-Modified tells
+        f.resource.replace_file(f.relpath, SyntheticContent(99, f.size, f.content.mtime - 86400))
+        emu.log.clear()
+        with pytest.raises(Changed, match="changed on the server since it was opened"):
+            client.open_file(f.uri, 10, 20, since=opened)
+        assert _gets(emu, f) == 1 and emu.log.count(status=206) == 1
+        # a newer revision: the server refuses the precondition with 412
+        f.resource.replace_file(f.relpath, SyntheticContent(98, f.size, f.content.mtime + 2e5))
+        emu.log.clear()
+        with pytest.raises(Changed) as changed:
+            client.open_file(f.uri, 10, 20, since=opened)
+        assert _gets(emu, f) == 1 and not changed.value.transient
+        assert changed.value.errno == errno.EIO

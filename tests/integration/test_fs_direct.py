@@ -14,11 +14,9 @@ import pytest
 
 from tests.support.oracle import Oracle
 from xnat_emulator import Emulator
+from xnatfs.archive import Archive
 from xnatfs.mount.fs import XnatFS
 from xnatfs.mount.libfuse import Slice, mfusepy
-from xnatfs.reader.chunkcache import ChunkCache
-from xnatfs.reader.fetcher import Fetcher
-from xnatfs.tree.model import Tree
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials
 
@@ -27,11 +25,9 @@ from xnatfs.xnat.credentials import Credentials
 def fs(emulator: Emulator, tmp_path: Path) -> Iterator[XnatFS]:
     client = XnatClient(emulator.url, Credentials("alice", "secret"))
     client.login()
-    cache = ChunkCache(str(tmp_path / "cache"), 1 << 30)
-    fetcher = Fetcher(client, cache)
-    yield XnatFS(Tree(client), fetcher)
-    fetcher.close()
-    cache.close()
+    archive = Archive.open_for(client, cache_dir=str(tmp_path / "cache"), cache_size=1 << 30)
+    yield XnatFS(archive)
+    archive.close()
     client.close()
 
 
@@ -89,7 +85,7 @@ def test_readdir_plus_gives_what_getattr_gives_and_a_mode_where_sizes_are_unlist
     emulator = make_emulator(blank_file_rows=blank)
     client = XnatClient(emulator.url, Credentials("alice", "secret"))
     client.login()
-    fs = XnatFS(Tree(client), Fetcher(client, None))
+    fs = XnatFS(Archive.open_for(client, cache="none"))
     full_files = unlisted = 0
     folders = {"/".join(path.split("/")[:depth]) for path, _ in fs.tree.walk("/")
                for depth in range(path.count("/") + 1)}

@@ -25,6 +25,7 @@ from xnatfs.xnat.credentials import Credentials
 pytestmark = pytest.mark.timeout(60)
 CHUNK = 256 << 10
 BIG = 9 * CHUNK + 12345  # ten chunks, the last one short
+QUICK = (0.01, 0.01, 0.01)  # pauses between tries
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def client(emu: Emulator) -> Iterator[XnatClient]:
 @pytest.fixture
 def fetcher(client: XnatClient, tmp_path: Path) -> Iterator[Fetcher]:
     f = Fetcher(client, ChunkCache(str(tmp_path / "cache"), 64 << 20, chunk_size=CHUNK), CHUNK,
-                backoff=0.01)
+                pauses=QUICK)
     yield f
     f.close()
 
@@ -171,7 +172,7 @@ def test_a_download_continued_mid_file_from_a_rangeless_server_goes_straight_on(
     emu = make_emulator(archive, range_enabled=False)
     with XnatClient(emu.url, Credentials("alice", "secret")) as client:
         client.login()
-        fetcher = Fetcher(client, None, CHUNK, deadline=1.0, backoff=0.01)
+        fetcher = Fetcher(client, None, CHUNK, deadline=1.0, pauses=QUICK)
         try:
             part = RemoteFile(f.uri, size, None)
             got = [fetcher.chunk(part, i, store=False, check=False) for i in range(12, 21)]
@@ -253,7 +254,7 @@ def test_faults_give_exact_bytes_or_eio(
     f = big(archive)
     outcomes = []
     for attempt in range(3):
-        fetcher = Fetcher(client, None, CHUNK, retries=attempt, backoff=0.01)
+        fetcher = Fetcher(client, None, CHUNK, retries=attempt, pauses=QUICK)
         for i in range(10):
             try:
                 assert fetcher.chunk(remote(f), i) == expected(f, i)
@@ -268,7 +269,7 @@ def test_faults_give_exact_bytes_or_eio(
 
 def test_dead_server_fails_fast_then_recovers(
         emu: Emulator, client: XnatClient, archive: Archive) -> None:
-    fetcher = Fetcher(client, None, CHUNK, retries=1, backoff=0.01)
+    fetcher = Fetcher(client, None, CHUNK, retries=1, pauses=QUICK)
     f = big(archive)
     emu.stop()
     started = time.monotonic()

@@ -25,11 +25,14 @@ from xnatfs.reader.handle import FileHandle
 from xnatfs.tree.model import RemoteFile
 
 CHUNK = 1024
+NONE = (0.0, 0.0, 0.0)  # no pauses between tries
 FAULTS = ("ok", "short", "reset", "refuse", "5xx", "whole", "shift")
 
 
 class FakeBody:
-    """What ``Transport.open`` gives, over bytes in memory, perhaps cut or reset midway."""
+    """What ``XnatClient.open_file`` gives, over bytes in memory, perhaps cut or reset midway."""
+
+    last_modified: str | None = None
 
     def __init__(self, data: bytes, start: int, ranged: bool, total: int, *,
                  cut: int | None = None, reset: bool = False) -> None:
@@ -71,7 +74,8 @@ class FakeClient:
         self.lock = threading.Lock()
         self.requests = 0
 
-    def open_file(self, uri: str, start: int = 0, end: int | None = None) -> FakeBody:
+    def open_file(self, uri: str, start: int = 0, end: int | None = None,
+                  attempts: object = None, since: str | None = None) -> FakeBody:
         with self.lock:
             fault = self.plan.pop(0) if self.plan else "ok"
             self.requests += 1
@@ -124,7 +128,8 @@ def test_whole_reads_give_the_bytes_or_an_error_never_wrong_bytes(
         plan = [f for f in plan if f != "shift"]
     client = FakeClient(content, plan)
     pool = ThreadPoolExecutor(4)
-    fetcher = Fetcher(client, None, CHUNK, pool=pool, retries=3, backoff=0.0, deadline=5)  # type: ignore[arg-type]
+    fetcher = Fetcher(client, None, CHUNK, pool=pool, retries=3,  # type: ignore[arg-type]
+                      deadline=5, pauses=NONE)
     file = RemoteFile("/data/f", size, hashlib.md5(content).hexdigest() if digest else None)
     try:
         for _ in range(3):  # a failed read may be followed by a good one, never a wrong one
@@ -150,7 +155,7 @@ def test_random_reads_are_exact_or_fail(size: int, reads: list[tuple[int, int]],
                                         plan: list[str]) -> None:
     content = bytes(i * 7 % 251 for i in range(size))
     fetcher = Fetcher(FakeClient(content, plan), None, CHUNK, pool=ThreadPoolExecutor(2),  # type: ignore[arg-type]
-                      retries=2, backoff=0.0, deadline=5)
+                      retries=2, deadline=5, pauses=NONE)
     handle = FileHandle(fetcher, RemoteFile("/data/g", size, None))
     try:
         for offset, length in reads:
@@ -171,7 +176,8 @@ class FolderClient(FakeClient):
         super().__init__(content, plan)
         self.others = others
 
-    def open_file(self, uri: str, start: int = 0, end: int | None = None) -> FakeBody:
+    def open_file(self, uri: str, start: int = 0, end: int | None = None,
+                  attempts: object = None, since: str | None = None) -> FakeBody:
         if uri not in self.others:
             return super().open_file(uri, start, end)
         data = self.others[uri]
@@ -212,7 +218,7 @@ def test_a_file_read_from_its_start_is_checked_whole_whatever_the_caches_keep(
     folder = {f"/data/o{i}": bytes([i]) * (2 * CHUNK) for i in range(others)}
     store = cache_for(cache, str(tmp_path_factory.mktemp("cache")))
     fetcher = Fetcher(FolderClient(content, plan, folder), store, CHUNK,  # type: ignore[arg-type]
-                      pool=ThreadPoolExecutor(4), retries=3, backoff=0.0, deadline=2)
+                      pool=ThreadPoolExecutor(4), retries=3, deadline=2, pauses=NONE)
     file = RemoteFile("/data/f", size, digest)
 
     def start_the_others() -> None:
@@ -255,7 +261,8 @@ class SecondAnswerLies(FakeClient):
         super().__init__(content, [])
         self.asked: set[tuple[int, int | None]] = set()
 
-    def open_file(self, uri: str, start: int = 0, end: int | None = None) -> FakeBody:
+    def open_file(self, uri: str, start: int = 0, end: int | None = None,
+                  attempts: object = None, since: str | None = None) -> FakeBody:
         with self.lock:
             again = (start, end) in self.asked
             self.asked.add((start, end))
@@ -278,7 +285,7 @@ def test_a_chunk_fetched_again_is_held_to_the_copy_the_hash_took(
     store = cache_for(cache, str(tmp_path_factory.mktemp("cache")))
     fetcher = Fetcher(SecondAnswerLies(content), store, CHUNK,  # type: ignore[arg-type]
                       pool=ThreadPoolExecutor(4), memory=memory * CHUNK, retries=3,
-                      backoff=0.0, deadline=2)
+                      deadline=2, pauses=NONE)
     handle = FileHandle(fetcher, RemoteFile("/data/f", size, hashlib.md5(content).hexdigest()))
     try:
         got = read_all(handle, step)

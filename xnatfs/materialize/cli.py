@@ -7,7 +7,6 @@ the numbered project menu when no path is given.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -104,14 +103,12 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from xnatfs.archive import Archive
     from xnatfs.materialize.engine import MAX_JOBS, Engine, Options, Source, listing_threads
     from xnatfs.materialize.menu import choose_projects
     from xnatfs.materialize.output import Output
     from xnatfs.materialize.report import Report
     from xnatfs.materialize.selection import Filters, Selection, Shard
-    from xnatfs.reader.chunkcache import ChunkCache, default_cache_dir
-    from xnatfs.reader.fetcher import Fetcher
-    from xnatfs.tree.model import Tree
 
     jobs, timeout = args.jobs, args.timeout
     if jobs > MAX_JOBS:
@@ -138,41 +135,39 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open_client(args, url, pool_size=pool, read_timeout=timeout,
                          listing_timeout=timeout * LISTING_PATIENCE) as client:
-            tree = Tree(client)
-            if not paths:
-                paths = choose_projects(sorted(tree.children(tree.root)), out=sys.stderr)
-            selection = Selection(tuple(paths), filters, shard)
-            if args.dry_run:
-                report = Report(output.root, progress=False, interval=0)
-                engine = Engine(tree, None, output, report, options)
-                rows, failures = engine.dry_run(selection)
-                report.print_plan(rows, failures, json_out=json_out)
-                return 1 if failures else 0
-            cache_dir = args.cache_dir or default_cache_dir()
-            cache = ChunkCache(cache_dir) if os.path.isdir(cache_dir) else None
-            fetcher = Fetcher(client, cache, max_parallel=1, deadline=max(60.0, 3 * timeout))
-            report = Report(output.root)
+            archive = Archive.open_for(client, cache="read", cache_dir=args.cache_dir,
+                                       max_parallel=1, deadline=max(60.0, 3 * timeout))
+            tree = archive.tree
             try:
-                Engine(tree, Source(fetcher), output, report, options).run(selection)
-            except KeyboardInterrupt as exc:
+                if not paths:
+                    paths = choose_projects(sorted(tree.children(tree.root)), out=sys.stderr)
+                selection = Selection(tuple(paths), filters, shard)
+                if args.dry_run:
+                    report = Report(output.root, progress=False, interval=0)
+                    engine = Engine(tree, None, output, report, options)
+                    rows, failures = engine.dry_run(selection)
+                    report.print_plan(rows, failures, json_out=json_out)
+                    return 1 if failures else 0
+                report = Report(output.root)
+                try:
+                    Engine(tree, Source(archive), output, report, options).run(selection)
+                except KeyboardInterrupt as exc:
+                    summary = report.summary()
+                    report.print_summary(summary, json_out=json_out)
+                    what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+                    print(f"xnatfs: {what}; run the same command again to resume", file=sys.stderr)
+                    return 143 if isinstance(exc, Terminated) else 130
+                except XnatfsError:
+                    summary = report.summary()
+                    if summary.selected:  # say what got done before the error line
+                        report.print_summary(summary, json_out=json_out)
+                    report.close()
+                    raise
                 summary = report.summary()
                 report.print_summary(summary, json_out=json_out)
-                what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-                print(f"xnatfs: {what}; run the same command again to resume", file=sys.stderr)
-                return 143 if isinstance(exc, Terminated) else 130
-            except XnatfsError:
-                summary = report.summary()
-                if summary.selected:  # say what got done before the error line
-                    report.print_summary(summary, json_out=json_out)
-                report.close()
-                raise
+                return 0 if summary.ok else 1
             finally:
-                fetcher.close()
-                if cache is not None:
-                    cache.close()
-            summary = report.summary()
-            report.print_summary(summary, json_out=json_out)
-            return 0 if summary.ok else 1
+                archive.close()
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)

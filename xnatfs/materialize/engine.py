@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
 
+from xnatfs.archive import Archive
 from xnatfs.errors import (
     AuthError,
     DigestMismatch,
@@ -49,7 +50,6 @@ from xnatfs.materialize.plan import ListingFailure, PlannedFile, Planner
 from xnatfs.materialize.report import Change, Outcome, PlanRow, Report, Result
 from xnatfs.materialize.selection import Selection
 from xnatfs.materialize.workers import Task, Workers
-from xnatfs.reader.fetcher import Fetcher
 from xnatfs.tree.model import RemoteFile, Tree
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,13 @@ class Decision:
 
 
 class Source:
-    """Every byte materialize reads, through the shared reader: the mount's cache first (it
+    """Every byte materialize reads, through the archive's reader: the mount's cache first (it
     knows a file by its listed identity, digest included), then ranged GETs whose digest
     check is left to the part file."""
 
-    def __init__(self, fetcher: Fetcher) -> None:
-        self._fetcher = fetcher
-        self.chunk_size = fetcher.chunk_size
+    def __init__(self, archive: Archive) -> None:
+        self._fetcher = archive.fetcher
+        self.chunk_size = archive.chunk_size
 
     def chunk_count(self, remote: RemoteFile) -> int:
         return self._fetcher.chunk_count(remote)

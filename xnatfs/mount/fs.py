@@ -25,9 +25,9 @@ from typing import Any, ParamSpec, TypeVar
 
 from cachetools import LRUCache
 
+from xnatfs.archive import Archive
 from xnatfs.errors import XnatfsError
 from xnatfs.mount.libfuse import Slice, mfusepy
-from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
 from xnatfs.reader.readahead import FolderAhead
 from xnatfs.tree.model import Node, Tree, split_path
@@ -91,11 +91,12 @@ class XnatFS(mfusepy.Operations):
     flag_nullpath_ok = True
 
     def __init__(
-        self, tree: Tree, fetcher: Fetcher, *, on_init: Callable[[], None] | None = None
+        self, archive: Archive, *, on_init: Callable[[], None] | None = None
     ) -> None:
-        self.tree = tree
-        self.fetcher = fetcher
-        self.folder_ahead = FolderAhead(fetcher)
+        self.archive = archive
+        self.tree: Tree = archive.tree
+        self.fetcher = archive.fetcher
+        self.folder_ahead = FolderAhead(archive.fetcher)
         self.on_init = on_init
         self.uid, self.gid = os.getuid(), os.getgid()
         self._handles: dict[int, tuple[FileHandle, dict[str, int], str]] = {}
@@ -103,6 +104,7 @@ class XnatFS(mfusepy.Operations):
         # path) never waits on the server, even while a listing hangs
         self._open_attrs: dict[str, tuple[int, dict[str, int]]] = {}  # (open count, attrs)
         self._dirs: dict[int, Node] = {}
+        self._dir_paths: dict[int, str] = {}  # by dir handle, as "/a/b" ("/" for the root)
         self._entries: dict[int, list[tuple[str, dict[str, int], bool]]] = {}  # by dir handle
         self._ids = itertools.count(1)
         # path -> file version at its last open (bounded: a path forgotten just loses its
@@ -149,6 +151,7 @@ class XnatFS(mfusepy.Operations):
         with self._lock:
             fh = next(self._ids)
             self._dirs[fh] = node
+            self._dir_paths[fh] = "/" + "/".join(split_path(path))
         return fh
 
     def readdir(self, path: str | None, fh: int) -> list[tuple[str, dict[str, int], int]]:
@@ -166,10 +169,18 @@ class XnatFS(mfusepy.Operations):
             entries = self._entries.get(fh)
         if entries is None:
             kids = self.tree.children(self._dirs[fh])
+            base = self._dir_paths.get(fh, "/").rstrip("/")
             entries = [(".", _DIR, False), ("..", _DIR, False)]
-            entries += [(name, self._attrs(kid), True)
-                        if kid.file is None or kid.file.size is not None
-                        else (name, _FILE, False) for name, kid in kids.items()]
+            for name, kid in kids.items():
+                # A file open now keeps the attributes it was opened with: given the size of
+                # a newer version, the kernel cut or stretched reads of the open one to it.
+                held = self._open_attrs.get(f"{base}/{name}")
+                if held is not None:
+                    entries.append((name, held[1], True))
+                elif kid.file is None or kid.file.size is not None:
+                    entries.append((name, self._attrs(kid), True))
+                else:
+                    entries.append((name, _FILE, False))
             with self._lock:
                 self._entries[fh] = entries
         return entries
@@ -177,6 +188,7 @@ class XnatFS(mfusepy.Operations):
     def releasedir(self, path: str | None, fh: int) -> int:
         with self._lock:
             self._dirs.pop(fh, None)
+            self._dir_paths.pop(fh, None)
             self._entries.pop(fh, None)
         return 0
 
@@ -200,7 +212,7 @@ class XnatFS(mfusepy.Operations):
         if node.file is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
         file = self.tree.resolve(node)
-        handle = FileHandle(self.fetcher, file)
+        handle: FileHandle = self.archive.open(file)
         self.folder_ahead.opened(folder, siblings, node.file)
         with self._lock:
             fi.fh = next(self._ids)

@@ -1,5 +1,5 @@
-"""Building and running one mount: the client, tree, chunk cache, fetcher and XnatFS, the
-process tuning they need (malloc, the kernel's readahead), and the FUSE loop itself.
+"""Running one mount: the archive (``xnatfs.archive``) behind XnatFS, the process tuning they
+need (malloc, the kernel's readahead), and the FUSE loop itself.
 
 Everything here runs in the process that serves the mount (the daemon's child, or the
 command itself with -f); the command line has already checked what it could.
@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from xnatfs.archive import Archive
 from xnatfs.errors import XnatfsError
 from xnatfs.mount.daemon import daemonize
 from xnatfs.mount.logfile import log_to
@@ -67,20 +68,12 @@ def mount(
     """Run the FUSE loop until unmounted (or SIGINT/SIGTERM)."""
     from xnatfs.mount.fs import XnatFS
     from xnatfs.mount.libfuse import FUSE
-    from xnatfs.reader.chunkcache import ChunkCache
-    from xnatfs.reader.fetcher import Fetcher
-    from xnatfs.tree.model import Tree
-    from xnatfs.tree.stash import Stash
 
     _keep_buffers()
-    try:
-        cache = ChunkCache(args.cache_dir, args.cache_size)
-    except OSError as exc:
-        raise XnatfsError(f"cannot use the cache folder {exc.filename or args.cache_dir}: "
-                          f"{exc.strerror or exc}") from None
-    fetcher = Fetcher(client, cache, cache.chunk_size, deadline=args.timeout + GRACE)
-    tree = Tree(client, ttl=args.ttl, projects=getattr(args, "project", None), wait=args.timeout,
-                stash=Stash(cache, client.base_url, client.credentials.user))
+    archive = Archive.open_for(
+        client, cache_dir=args.cache_dir, cache_size=args.cache_size, ttl=args.ttl,
+        projects=getattr(args, "project", None), wait=args.timeout,
+        deadline=args.timeout + GRACE, stash=True)
     before = os.stat(mountpoint).st_dev
     live = threading.Event()
 
@@ -89,7 +82,7 @@ def mount(
             live.set()
             ready()
 
-    fs = XnatFS(tree, fetcher,
+    fs = XnatFS(archive,
                 on_init=lambda: threading.Thread(target=watch, daemon=True).start())
     settings: dict[str, Any] = {
         "foreground": True, "ro": True, "default_permissions": True, "subtype": "xnatfs",
@@ -106,8 +99,7 @@ def mount(
         if not live.is_set():
             raise XnatfsError(f"could not mount at {mountpoint} (see above)") from None
     finally:
-        fetcher.close()
-        cache.close()
+        archive.close()
         client.close()
     log.info("unmounted %s", mountpoint)
     return 0

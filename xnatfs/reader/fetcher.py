@@ -91,11 +91,17 @@ from xnatfs.reader.rangeprobe import RangeProbe
 from xnatfs.reader.verify import Verifier
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
+from xnatfs.xnat.retry import PAUSES, Attempts
 from xnatfs.xnat.transport import PIECE, Body
 
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be reached
+# Seconds a chunk whose read failed after all its tries fails at once, unless the server has
+# answered some request since. The kernel splits one read(2) into several FUSE reads, and
+# retries a failed one page by page: each asked afresh, a read under --timeout 3 failed after
+# 12.6 s, not 4.
+FAIL_HOLD = 1.0
 HELD_AHEAD = 8  # chunks a whole-file stream holds unread for readers without a disk cache
 HELD_MAX = 64  # chunks held at most in all (the oldest go first)
 # Chunks kept in memory by default: a sequential reader's read-ahead window, the chunks behind
@@ -119,7 +125,7 @@ class Fetcher:
         pool: Executor | None = None,
         memory: int | None = None,
         retries: int = 3,
-        backoff: float = 0.25,
+        pauses: tuple[float, ...] = PAUSES,
         deadline: float = 60.0,
     ) -> None:
         if chunk_size % PIECE and PIECE % chunk_size:
@@ -128,7 +134,7 @@ class Fetcher:
         self.cache = cache
         self.chunk_size = chunk_size
         self.retries = retries
-        self.backoff = backoff
+        self.pauses = pauses
         self.deadline = deadline
         memory = MEMORY_CHUNKS * chunk_size if memory is None else memory
         self._memory: LRUCache[Key, bytes] = LRUCache(memory, getsizeof=len)
@@ -143,6 +149,11 @@ class Fetcher:
         self._taken = threading.Condition(self._lock)
         self._unreachable = False
         self._next_probe = 0.0
+        self._failures: dict[Key, tuple[float, XnatfsError]] = {}  # FAIL_HOLD, by chunk
+        # The Last-Modified of each file version's first answer. Later requests for it send
+        # If-Unmodified-Since: a file replaced on the server under the same listing identity
+        # answers 412 (``Changed``, EIO), where its bytes would have been mixed with the old.
+        self._modified: LRUCache[tuple[str, str], str] = LRUCache(1 << 16)
         # Requests in flight for read-ahead, across all files: enough to fill a link's
         # latency x bandwidth (20 ms x 400 Mbit/s with 4 MiB requests at 100 Mbit/s each
         # wants 16 or more), within the client's pool of connections.
@@ -166,21 +177,29 @@ class Fetcher:
             file = _unchecked(file)  # its own keys: see the docstring
         if not 0 <= index < self.chunk_count(file):
             raise ValueError(f"chunk {index} out of range for {file.uri} ({file.size} bytes)")
-        deadline = time.monotonic() + self.deadline
-        delay = self.backoff
-        for attempt in itertools.count():
+        key = _key(file, index)
+        held = self._failures.get(key)
+        if held is not None and held[0] > time.monotonic():
+            raise type(held[1])(str(held[1]))
+        # The call's one budget: the HTTP layer spends it on failures before an answer,
+        # this loop on bodies that broke after one (``xnatfs.xnat.retry``).
+        attempts = Attempts(time.monotonic() + self.deadline, self.retries + 1,
+                            pauses=self.pauses)
+        while True:
             if self.checks.bad(file):
                 raise DigestMismatch(f"{file.uri} does not match its MD5 {file.digest}")
             try:
-                return self._chunk_once(file, index, store, deadline)
+                return self._chunk_once(file, index, store, attempts)
             except XnatfsError as exc:
-                if not exc.transient or attempt >= self.retries or self._unreachable \
-                        or time.monotonic() + delay > deadline:
+                try:
+                    if self._unreachable:
+                        raise
+                    attempts.again(exc, f"chunk {index} of {file.uri}")
+                except XnatfsError as final:
+                    if final.transient:
+                        with self._lock:
+                            self._failures[key] = (time.monotonic() + FAIL_HOLD, final)
                     raise
-                log.info("retrying %s chunk %d after: %s", file.uri, index, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 4.0)
-        raise AssertionError("unreachable")
 
     def fetched_whole(self, file: RemoteFile, *, check: bool = True) -> bool:
         """Whether the file's chunks come from one whole-file stream (see ``_whole``)."""
@@ -265,7 +284,8 @@ class Fetcher:
 
     # -- getting one chunk ---------------------------------------------------------------
 
-    def _chunk_once(self, file: RemoteFile, index: int, store: bool, deadline: float) -> bytes:
+    def _chunk_once(self, file: RemoteFile, index: int, store: bool,
+                    attempts: Attempts) -> bytes:
         """Memory, else whoever claims the chunk first loads it from disk or the network while
         the others wait for it (FUSE sends several reads of one chunk at once)."""
         key = _key(file, index)
@@ -277,11 +297,12 @@ class Fetcher:
                     if self._held.pop(key, None) is not None:
                         self._taken.notify_all()
             return data
-        with self._turn(file, deadline):
-            return self._claimed_or_awaited(file, index, store, deadline)
+        with self._turn(file, attempts.deadline):
+            return self._claimed_or_awaited(file, index, store, attempts)
 
     def _claimed_or_awaited(self, file: RemoteFile, index: int, store: bool,
-                            deadline: float) -> bytes:
+                            attempts: Attempts) -> bytes:
+        deadline = attempts.deadline
         key = _key(file, index)
         with self._lock:
             data = self._held.pop(key, None)
@@ -313,14 +334,17 @@ class Fetcher:
         if self.cache is not None and store:
             self._from_cache(file, claims, [index])
         if claims:
-            self._fetch(file, index, index, claims, store, detach=True)
+            self._fetch(file, index, index, claims, store, attempts, detach=True)
         return mine.result()
 
     def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
-        with self._turn(file, time.monotonic() + self.deadline):
-            self._prefetch_turn(file, first, last)
+        attempts = Attempts(time.monotonic() + self.deadline, self.retries + 1,
+                            pauses=self.pauses)
+        with self._turn(file, attempts.deadline):
+            self._prefetch_turn(file, first, last, attempts)
 
-    def _prefetch_turn(self, file: RemoteFile, first: int, last: int) -> None:
+    def _prefetch_turn(self, file: RemoteFile, first: int, last: int,
+                       attempts: Attempts) -> None:
         wanted = [i for i in range(first, last + 1) if not self.have(file, i)]
         claims = self._claim(file, wanted)
         if self.cache is not None:
@@ -329,7 +353,8 @@ class Fetcher:
             # it), so serve the claim from there rather than fetch the chunk again.
             self._from_cache(file, claims, [i for i in claims if self.cache.contains(file, i)])
         for run in _runs(sorted(claims)):
-            self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, detach=False)
+            self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, attempts,
+                        detach=False)
 
     def _whole(self, file: RemoteFile) -> bool:
         """Fetched without Range: a file of one chunk, every file once ranged answers are not to
@@ -378,7 +403,7 @@ class Fetcher:
 
     def _fetch(
         self, file: RemoteFile, first: int, last: int, claims: dict[int, Future[bytes]],
-        store: bool, *, detach: bool,
+        store: bool, attempts: Attempts, *, detach: bool,
     ) -> None:
         """One GET for chunks first..last, delivering each to its claim as it arrives. Never
         raises: failures go to the claims' futures, so every waiter sees them. With ``detach``,
@@ -388,11 +413,13 @@ class Fetcher:
             self._may_connect()
             whole = self._whole(file)
             try:
+                since = self._modified.get(_file_key(file))
                 if whole:
-                    body = self.client.open_file(file.uri)
+                    body = self.client.open_file(file.uri, attempts=attempts, since=since)
                 else:
                     end = self.chunk_bounds(file, last)[1]
-                    body = self.client.open_file(file.uri, first * self.chunk_size, end)
+                    body = self.client.open_file(file.uri, first * self.chunk_size, end,
+                                                 attempts=attempts, since=since)
             except ConnectError as exc:
                 with self._lock:
                     if not self._unreachable:
@@ -404,6 +431,12 @@ class Fetcher:
             if self._unreachable:
                 self._unreachable = False
                 log.warning("the server answers again")
+            if self._failures:  # the server answers: what failed before may not fail now
+                with self._lock:
+                    self._failures.clear()
+            if since is None and body.last_modified:
+                with self._lock:  # every later request for this version must get the same
+                    self._modified.setdefault(_file_key(file), body.last_modified)
             delivery = _Delivery(self, file, body, claims, store)
             if not whole and not body.ranged and self.whole_files is None:
                 # Only now, with the body's claims on the file's chunks in place: a reader
@@ -484,6 +517,9 @@ class Fetcher:
 
     def _fail(self, file: RemoteFile, claims: dict[int, Future[bytes]], exc: BaseException) -> None:
         with self._lock:
+            if len(self._failures) > 4096:
+                now = time.monotonic()
+                self._failures = {k: v for k, v in self._failures.items() if v[0] > now}
             for index in claims:
                 self._inflight.pop(_key(file, index), None)
         for future in claims.values():
@@ -607,6 +643,10 @@ class _Delivery:
         try:
             while self.claims:
                 start, end = fetcher.chunk_bounds(file, self.index)
+                if until is None or self.index > until:
+                    # Chunks nobody's call waits for: each gets the time one call has (a
+                    # whole file streamed for later readers may take far longer in all).
+                    self.body.attempts = Attempts(time.monotonic() + fetcher.deadline, 1)
                 data = self.pieces.take(end - start)
                 if self.index in self.claims:
                     extra = self.index in self.extra

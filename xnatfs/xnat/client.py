@@ -1,70 +1,48 @@
-"""The one place that speaks HTTP to XNAT.
+"""The XNAT client: base URLs and paths, listings, and files, on top of the shared session
+(``session``) and the HTTP layer (``http``), which alone speak to the server.
 
-One ``requests.Session`` is shared by every thread, so all workers ride on one JSESSIONID (XNAT
-caps live sessions per user). Basic credentials go only with the login: were they on every
-request, each request in flight when the session expires would open a session of its own.
-Instead a 401, or an HTML page where data was expected (a listing, or a file that is not
-itself HTML: some XNATs answer a lost session with 200 and the login page, on file GETs too),
-triggers one silent re-login for the whole process, which every waiting thread then shares.
-Only a refused login (401 on the login itself) is final, because XNAT locks accounts after 20
-failed logins; a login page after a login that succeeded is one more lost session, retried.
-A session that served requests and then died says nothing about our credentials (a timeout, a
-restart, a proxy dropping it): only sessions that die before serving anything count towards
-giving up with an ``AuthError``, and only while no other session works either. Many threads
-share one session, so on a server that drops sessions often one request meets deaths that the
-others' requests caused, and learns only late that the session had served them.
-
-One retry policy for every request: transient failures (a 5xx, a reset, a lost session) are
-tried again after a short pause, a bounded number of times and never more than a second past
-the request's timeout in all, so ``--timeout`` bounds what a caller waits: a server silent for
-that long is given up on for this call, not waited for four times over.
-urllib3's own retries are off: stacked under ours they multiplied every timeout by four.
+Every call has one budget (``retry.Attempts``): given by the caller, or made from the call's
+timeout plus ``GRACE``. Everything under the call that may try again spends that budget, so
+``--timeout`` bounds what a caller waits: a server silent for that long is given up on for
+this call, not waited for four times over. A file is opened by one GET of the bytes asked
+for, up to its headers; its body then comes through ``transport.Body`` under the same
+budget, and nothing here tries a body again (the reader resumes it, with the same budget).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 import re
-import threading
-import time
-from typing import Any
+from email.utils import parsedate_to_datetime
 from urllib.parse import quote, unquote, urlsplit
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 
 from xnatfs import __version__
 from xnatfs.errors import (
-    AuthError,
-    ConnectError,
+    Changed,
     Forbidden,
     IntegrityError,
     NotFound,
     ServerError,
-    ServerTimeout,
-    TLSError,
     TransferError,
     UsageError,
     XnatfsError,
 )
 from xnatfs.xnat.credentials import Credentials
+from xnatfs.xnat.http import GRACE, Http, budget, reason
+from xnatfs.xnat.retry import MAX_TRIES, Attempts
 from xnatfs.xnat.rows import Row, result_rows
-from xnatfs.xnat.transport import LOGIN_MARKS, Body, SessionLosses, Transport
+from xnatfs.xnat.session import MAX_DROPPED, MAX_LOST, JSession, not_xnat
+from xnatfs.xnat.transport import Body
 
-log = logging.getLogger(__name__)
+__all__ = ["GRACE", "MAX_DROPPED", "MAX_LOST", "Body", "XnatClient", "data_path",
+           "encode_path", "normalise_base_url"]
 
-_HTML_START = (b"<!doctype", b"<html")
-RETRY_PAUSES = (0.1, 0.3, 0.9)  # pauses between tries of one request: four tries at most
-GRACE = 1.0  # seconds past a request's timeout that its retries may take, all together
-MAX_LOST = 3  # sessions in a row that die unused, none working meanwhile: logins do not hold
-MAX_DROPPED = 10  # sessions lost under one request, however: beyond, each costs one retry
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+_HTML_FILE = (".html", ".htm", ".xhtml")
 # Where XNAT's web pages and REST API begin below its base URL.
 _WEB_PART = re.compile(r"/(?:app|data|REST)/")
-# What OpenSSL says when the other end answers a TLS hello in plain text.
-_NOT_TLS = ("WRONG_VERSION_NUMBER", "wrong version number", "record layer failure",
-            "HTTP_REQUEST", "http request", "packet length too long")
 
 
 def normalise_base_url(url: str) -> str:
@@ -115,113 +93,56 @@ class XnatClient:
         connect_timeout: float = 10.0,
         read_timeout: float = 60.0,
         listing_timeout: float = 300.0,
-        retries: int = len(RETRY_PAUSES),
+        retries: int = MAX_TRIES - 1,
         pool_size: int = 64,
     ) -> None:
         self.base_url = normalise_base_url(base_url)
-        self.credentials = credentials or Credentials()
         connect_timeout = min(connect_timeout, read_timeout)
         self.timeout = (connect_timeout, read_timeout)
         self.listing_timeout = (connect_timeout, listing_timeout)
-        self._login_lock = threading.Lock()
-        self._generation = 0
-        self._served = 0  # the newest generation known to have served a request
-        self._auth_failure: AuthError | None = None
-        self._pauses = RETRY_PAUSES[:retries]
-        self.session = requests.Session()
-        # No retries down there: ours (``request``) are the only ones (see the docstring).
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0,
-                              pool_block=False)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        # The environment (proxies, CA bundle) is read once, here. Left to requests, it is
-        # scanned on every request (a third of a small file's cost), and ~/.netrc's password
-        # goes out as Basic auth on every request, so that each request in flight after an
-        # expiry would open an XNAT session of its own.
-        self.session.trust_env = False
-        self.session.proxies = requests.utils.get_environ_proxies(self.base_url)
-        self.session.verify = False if insecure else (
-            os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE")
-            or os.environ.get("CURL_CA_BUNDLE") or True)
-        self.session.headers.update({
-            "User-Agent": f"xnatfs/{__version__} python-requests/{requests.__version__}",
-            "Accept": "*/*",
-        })
-        if self.credentials.jsession:
-            self.session.cookies.set("JSESSIONID", self.credentials.jsession)
-        self.transport = Transport(self, pool_size=pool_size)
+        self._tries = max(1, min(retries + 1, MAX_TRIES))
+        self.http = Http(self.base_url, insecure=insecure, pool_size=pool_size,
+                         user_agent=f"xnatfs/{__version__} python-requests/"
+                                    f"{requests.__version__}")
+        self.session = self.http.session  # the cookie jar and TLS setup of every request
+        self.jsession = JSession(self.http, credentials or Credentials(), self.timeout)
+
+    @property
+    def credentials(self) -> Credentials:
+        """Who logs in; a renewed token replaces them, for the next login."""
+        return self.jsession.credentials
+
+    @credentials.setter
+    def credentials(self, credentials: Credentials) -> None:
+        self.jsession.credentials = credentials
 
     @property
     def generation(self) -> int:
         """How many logins this client has made: a lost session is renewed once per value."""
-        return self._generation
+        return self.jsession.generation
+
+    def attempts(self, timeout: float) -> Attempts:
+        """The budget of a call whose caller gave none (``GRACE`` past its timeout)."""
+        attempts = budget(timeout)
+        attempts.tries = self._tries
+        return attempts
 
     # -- session -------------------------------------------------------------------------
 
     def login(self) -> None:
         """Open the shared JSESSION (or check that guest / the given JSESSIONID works)."""
         if self.credentials.user is not None:
-            self._login()
+            self.jsession.login(self.attempts(self.timeout[1]))
             return
         try:
             self.request("GET", "/data/projects", params={"format": "json"}, expect_json=True)
         except Forbidden:
             raise
         except NotFound:
-            raise self._not_xnat("HTTP 404 for /data/projects") from None
-
-    def _login(self) -> None:
-        creds = self.credentials
-        resp = self.retrying(lambda left: self._check_status(self._send(
-            "POST", "/data/JSESSION", timeout=(self.timeout[0], left),
-            auth=(creds.user or "", creds.password or "")), "/data/JSESSION", login=True),
-            self.timeout[1], "the login")
-        if resp.status_code in (401, 403):
-            self._auth_failure = AuthError(
-                f"login refused for user {self.credentials.user} at {self.base_url}"
-                " (wrong password or token; XNAT locks accounts after repeated failures)"
-            )
-            raise self._auth_failure
-        if resp.status_code in (404, 405, 501):
-            raise self._not_xnat(f"HTTP {resp.status_code} for its login, /data/JSESSION")
-        if resp.status_code == 200 and _looks_html(resp.content[:64]):
-            raise self._not_xnat("its login, /data/JSESSION, answered with a web page; on a "
-                                 "single sign-on site, use --jsession")
-        if resp.status_code != 200:
-            raise ServerError(f"login failed at {self.base_url}: HTTP {resp.status_code}")
-        self._generation += 1
-
-    def _not_xnat(self, why: str) -> UsageError:
-        """The URL reaches a web server, but not XNAT's REST API: say what the base URL is."""
-        parts = urlsplit(self.base_url)
-        if parts.path:
-            hint = (f"is XNAT's base URL {parts.scheme}://{parts.netloc}, or another part of "
-                    f"{parts.path}?")
-        else:
-            hint = f"if XNAT lives below a path, give it, e.g. {self.base_url}/xnat"
-        return UsageError(f"{self.base_url} does not look like an XNAT server ({why}); {hint} "
-                          "(the base URL is what a browser shows before /app/ or /data/)")
-
-    def _relogin(self, seen_generation: int) -> None:
-        """Log in again once for everybody who saw the session die at ``seen_generation``."""
-        with self._login_lock:
-            if self._auth_failure:
-                raise self._auth_failure
-            if self._generation != seen_generation:
-                return  # another thread already renewed it
-            if self.credentials.user is None:
-                what = "JSESSIONID" if self.credentials.jsession else "guest access"
-                self._auth_failure = AuthError(
-                    f"{self.base_url} refused the {what}; log in again or pass -u USER"
-                )
-                raise self._auth_failure
-            self.session.cookies.clear()
-            self._login()
-            log.warning("the session at %s had ended: logged in again", self.base_url)
+            raise not_xnat(self.base_url, "HTTP 404 for /data/projects") from None
 
     def close(self) -> None:
-        self.session.close()
-        self.transport.close()
+        self.http.close()
 
     def __enter__(self) -> XnatClient:
         return self
@@ -230,101 +151,6 @@ class XnatClient:
         self.close()
 
     # -- requests ------------------------------------------------------------------------
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
-    def _send(self, method: str, path: str, **kw: Any) -> requests.Response:
-        """One HTTP exchange; a server that cannot be reached is told apart from one request
-        that failed on the way (only the first should make a caller stop trying)."""
-        try:
-            return self.session.request(method, self.url(path), **kw)
-        except requests.exceptions.SSLError as exc:
-            raise self.tls_error(_reason(exc)) from None
-        except requests.ConnectTimeout as exc:
-            raise ConnectError(f"cannot reach {self.base_url}: {_reason(exc)}") from None
-        except requests.ReadTimeout:
-            raise ServerTimeout(f"{self.base_url} sent nothing for {kw['timeout'][1]:g} s "
-                                f"({unquote(path)})") from None
-        except requests.ConnectionError as exc:
-            if _unreachable(exc):
-                raise ConnectError(f"cannot reach {self.base_url}: {_reason(exc)}") from None
-            raise TransferError(f"request to {self.base_url} failed: {_reason(exc)}") from None
-        except requests.RequestException as exc:
-            raise TransferError(f"request to {self.base_url} failed: {_reason(exc)}") from None
-
-    def retrying(self, attempt: Any, budget: float, what: str) -> Any:
-        """``attempt(seconds_left)``, tried again after transient failures within ``budget``
-        seconds plus ``GRACE`` (see the module docstring)."""
-        end = time.monotonic() + budget + GRACE
-        for pause in (*self._pauses, None):
-            try:
-                return attempt(min(budget, end - time.monotonic()))
-            except XnatfsError as exc:
-                if not exc.transient or pause is None or time.monotonic() + pause > end:
-                    raise
-                log.info("%s failed (%s); trying again", what, exc)
-                time.sleep(pause)
-        raise AssertionError("unreachable")
-
-    def _check_status(self, resp: requests.Response, path: str, *,
-                      login: bool = False) -> requests.Response:
-        try:
-            self.check_status(resp.status_code, path, login=login)
-        except XnatfsError:
-            resp.close()
-            raise
-        return resp
-
-    @staticmethod
-    def check_status(status: int, path: str, *, login: bool = False) -> None:
-        """Map 5xx (transient) and 403/404 to our errors; 401 is the caller's to handle, and so
-        is, for a login, any other answer (a web server that is not XNAT says 404, 405, 501)."""
-        if status in (500, 502, 503, 504):
-            raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
-        if login:
-            return
-        if status == 403:
-            raise Forbidden(f"access denied by the server: {unquote(path)}")
-        if status == 404:
-            raise NotFound(f"not found on the server: {unquote(path)}")
-        if status >= 400 and status != 401:
-            raise ServerError(f"HTTP {status} from the server for {unquote(path)}")
-
-    def served(self, generation: int) -> None:
-        """A request sent on the session of ``generation`` was answered: that session worked."""
-        if generation > self._served:
-            self._served = generation
-
-    def session_lost(self, generation: int, path: str, losses: SessionLosses) -> None:
-        """A request met a lost session (401 or a login page) opened at ``generation``: one
-        shared re-login, unless the request has seen too many (see the module docstring)."""
-        if generation == self._generation:  # a stale one costs no login, so it is not counted
-            losses.total += 1
-        if self._served != losses.served:  # some session worked since: start counting again
-            losses.served, losses.unused = self._served, 0
-        if generation > self._served:
-            losses.unused += 1
-            if losses.unused > MAX_LOST:
-                raise AuthError(f"{self.base_url} keeps answering with its login page "
-                                f"after {MAX_LOST} fresh logins ({unquote(path)})")
-        if losses.total > MAX_DROPPED:
-            raise TransferError(f"{self.base_url} ended the session {losses.total} times "
-                                f"during one request ({unquote(path)})")
-        self._relogin(generation)
-
-    def tls_error(self, reason: str) -> TLSError:
-        """Name the real cause: a plain-HTTP port, a certificate, or the handshake itself."""
-        reason = re.sub(r"\s*\(_ssl\.c:\d+\)", "", reason).rsplit("] ", 1)[-1]
-        if any(sign in reason for sign in _NOT_TLS):
-            plain = "http" + self.base_url[len("https"):]
-            return TLSError(f"{self.base_url} does not speak TLS: that port answers plain HTTP "
-                            f"(use {plain} only if passwords may cross the network unencrypted)")
-        if "CERTIFICATE_VERIFY_FAILED" in reason or "certificate" in reason.lower():
-            return TLSError(f"TLS certificate check failed for {self.base_url}: {reason} (for an "
-                            "institutional CA, set REQUESTS_CA_BUNDLE or SSL_CERT_FILE to its "
-                            "certificate file; --insecure skips the check)")
-        return TLSError(f"TLS handshake with {self.base_url} failed: {reason}")
 
     def request(
         self,
@@ -336,54 +162,89 @@ class XnatClient:
         stream: bool = False,
         expect_json: bool = False,
         timeout: tuple[float, float] | None = None,
+        attempts: Attempts | None = None,
     ) -> requests.Response:
-        """Send one request and map failures to the shared error vocabulary: a lost session
-        (401, or a login page) means one shared re-login and the request again; transient
-        failures are retried within the timeout. ``path`` is already percent-encoded."""
-        if self._auth_failure:
-            raise self._auth_failure
+        """Send one request (``path`` already percent-encoded) on the shared session, tried
+        again within ``attempts`` (default: the timeout plus ``GRACE``). Where JSON is
+        expected, any HTML is a lost session's login page."""
         timeout = timeout or self.timeout
-        losses = SessionLosses()
+        attempts = attempts or self.attempts(timeout[1])
+        return self.jsession.exchange(lambda: self.http.send(
+            method, path, attempts, timeout, params=params, headers=headers, stream=stream,
+            html_ok=not expect_json, sniff=expect_json), path, attempts,
+            f"{method} {unquote(path)}")
 
-        def attempt(left: float) -> requests.Response:
-            while True:
-                generation = self._generation
-                resp = self._check_status(self._send(
-                    method, path, params=params, headers=headers, stream=stream,
-                    timeout=(timeout[0], max(left, 0.05))), path)
-                if not (resp.status_code == 401 or _login_page(resp, expect_json)):
-                    self.served(generation)
-                    return resp
-                resp.close()
-                self.session_lost(generation, path, losses)
-
-        return self.retrying(attempt, timeout[1], f"{method} {unquote(path)}")
-
-    def listing(self, path: str, **params: str) -> list[Row]:
-        """The rows of a JSON listing at ``path`` (an encoded ``/data/...`` path)."""
-        for attempt in (0, 1):  # a body cut short by a proxy is malformed: ask once more
+    def listing(self, path: str, *, attempts: Attempts | None = None,
+                **params: str) -> list[Row]:
+        """The rows of a JSON listing at ``path`` (an encoded ``/data/...`` path). A body cut
+        short by a proxy is malformed: it is asked for again, within the same budget."""
+        attempts = attempts or self.attempts(self.listing_timeout[1])
+        what = f"listing {unquote(path)}"
+        while True:
             resp = self.request("GET", path, params={**params, "format": "json"},
-                                expect_json=True, timeout=self.listing_timeout)
+                                expect_json=True, timeout=self.listing_timeout,
+                                attempts=attempts)
+            failure: XnatfsError
             try:
                 document = resp.json()
-            except requests.RequestException as exc:  # cut while reading: one more try
-                if attempt:
-                    raise TransferError(f"listing {unquote(path)} failed: {_reason(exc)}") \
-                        from None
-                continue
+            except requests.RequestException as exc:  # cut while reading
+                failure = TransferError(f"{what} failed: {reason(exc)}")
             except ValueError:
-                if attempt:
-                    raise ServerError(f"the server sent malformed JSON for {path}") from None
-                log.info("malformed JSON for %s; asking again", path)
-                continue
-            return result_rows(document, path)
-        raise AssertionError("unreachable")
+                failure = ServerError(f"the server sent malformed JSON for {path}")
+            else:
+                return result_rows(document, path)
+            attempts.again(failure, what)  # the request again is one more of its tries
 
     # -- files ---------------------------------------------------------------------------
 
-    def open_file(self, uri: str, start: int = 0, end: int | None = None) -> Body:
-        """Receive bytes [start, end) of the file at listing ``uri`` (see ``Transport``)."""
-        return self.transport.open(uri, start, end)
+    def open_file(self, uri: str, start: int = 0, end: int | None = None, *,
+                  attempts: Attempts | None = None, since: str | None = None) -> Body:
+        """One GET of bytes [start, end) of the file at listing ``uri`` (unencoded), up to its
+        headers; failures before them are tried again within ``attempts`` (default: the read
+        timeout plus ``GRACE``), and the body is read within the same budget. A 206 must carry
+        the Content-Range asked for; a 200 means the server ignored Range and the body is the
+        whole file from byte 0. With ``since`` (a Last-Modified value), a file changed since
+        raises ``Changed``: asked with If-Unmodified-Since, and checked in the answer."""
+        read_timeout = self.timeout[1]
+        attempts = attempts or self.attempts(read_timeout)
+        path = encode_path(uri)
+        headers = dict(self.http.file_headers)
+        if start > 0 or end is not None:
+            headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+        if since is not None:
+            headers["If-Unmodified-Since"] = since
+        html_file = uri.lower().endswith(_HTML_FILE)
+
+        def send() -> tuple[urllib3.BaseHTTPResponse, bytes]:
+            cookie = self.jsession.cookie()
+            if cookie:
+                headers["Cookie"] = f"JSESSIONID={cookie}"
+            return self.http.open(path, headers, attempts, self.timeout, html_ok=html_file)
+
+        resp, head = self.jsession.exchange(send, path, attempts, f"GET {uri}")
+        modified = resp.headers.get("Last-Modified")
+        if since is not None and modified is not None and not _same_time(modified, since):
+            resp.close()
+            raise Changed(f"{uri} changed on the server since it was opened")
+        length = _int(resp.headers.get("Content-Length"))
+        if resp.status == 206:
+            m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
+            want_last = None if end is None else end - 1
+            if not m or int(m[1]) != start or (want_last is not None and int(m[2]) != want_last):
+                resp.close()
+                raise IntegrityError(f"server answered range {start}-{want_last} with "
+                                     f"{resp.headers.get('Content-Range')!r} for {uri}")
+            if length is not None and length != int(m[2]) - int(m[1]) + 1:
+                resp.close()
+                raise IntegrityError(f"Content-Length disagrees with Content-Range for {uri}")
+            total = None if m[3] == "*" else int(m[3])
+            return Body(resp, start, int(m[2]) - int(m[1]) + 1, total, True, uri,
+                        attempts=attempts, read_timeout=read_timeout, last_modified=modified)
+        if resp.status != 200:
+            resp.close()
+            raise ServerError(f"HTTP {resp.status} from the server for {uri}")
+        return Body(resp, 0, length, length, False, uri, head, attempts=attempts,
+                    read_timeout=read_timeout, last_modified=modified)
 
     def fetch_range(self, uri: str, start: int, end: int) -> bytes:
         """Exactly bytes [start, end) of a file, via Range or, failing that, a streamed full GET."""
@@ -412,45 +273,15 @@ class XnatClient:
         return size
 
 
-def _int_header(resp: requests.Response, name: str) -> int | None:
-    value = resp.headers.get(name, "")
-    return int(value) if value.isdigit() else None
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
 
 
-def _looks_html(head: bytes) -> bool:
-    return head.lstrip()[:9].lower().startswith(_HTML_START)
-
-
-def _login_page(resp: requests.Response, expect_json: bool) -> bool:
-    """A login or SSO page (XNAT answers a lost session with 200 and it, on some setups) where
-    JSON was expected, or one that says it is XNAT's login page. File bodies are checked by
-    the transport (``transport.login_page``)."""
-    if resp.status_code != 200:
+def _same_time(one: str, other: str) -> bool:
+    """Whether two HTTP dates name the same second (servers need not spell them alike)."""
+    if one.strip() == other.strip():
+        return True
+    try:
+        return parsedate_to_datetime(one) == parsedate_to_datetime(other)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return False
-    html = "html" in resp.headers.get("Content-Type", "").lower()
-    if expect_json:
-        return html or _looks_html(resp.content[:64])
-    return html and any(mark in resp.content[:1 << 20] for mark in LOGIN_MARKS)
-
-
-def _unreachable(exc: requests.ConnectionError) -> bool:
-    """Whether a connection error means the server cannot be reached (refused, DNS, no
-    route), rather than one request cut on the way (reset, closed early)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        reason = getattr(seen, "reason", None)
-        for item in (seen, reason, *getattr(seen, "args", ())):
-            if isinstance(item, urllib3.exceptions.NewConnectionError | ConnectionRefusedError):
-                return True
-        seen = seen.__context__ or seen.__cause__
-    return False
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost cause of a requests error, in a few words, without URLs or secrets."""
-    while exc.__context__ is not None and exc.__context__ is not exc:
-        exc = exc.__context__
-    text = str(exc).split(": ", 1)[-1].strip()
-    if not text or text in ("b''", "''", "None"):
-        text = type(exc).__name__
-    return text.splitlines()[0][:200]

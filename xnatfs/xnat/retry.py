@@ -32,6 +32,7 @@ class Attempts:
     tries: int = MAX_TRIES
     used: int = 0
     retry_after: float | None = field(default=None, repr=False)
+    pauses: tuple[float, ...] = field(default=PAUSES, repr=False)
 
     @classmethod
     def within(cls, seconds: float, tries: int = MAX_TRIES) -> Attempts:
@@ -55,7 +56,7 @@ class Attempts:
         Only transient failures are tried again."""
         if not exc.transient or self.used >= self.tries:
             raise exc
-        pause = PAUSES[min(self.used - 1, len(PAUSES) - 1)]
+        pause = self.pauses[min(self.used - 1, len(self.pauses) - 1)]
         if self.retry_after is not None:
             pause, self.retry_after = min(self.retry_after, RETRY_AFTER_MAX), None
         if time.monotonic() + pause >= self.deadline:

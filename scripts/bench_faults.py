@@ -68,9 +68,11 @@ def main() -> None:
                               ("--timeout", f"{args.timeout:g}")).start()
                 os.stat(os.path.join(point, path))
             try:
-                for knobs, what in (({"error_rate": 1.0}, "every GET answers 500"),
-                                    ({"stall_rate": 1.0, "stall_seconds": 60.0},
-                                     "every body stalls")):
+                # Stalls first: nothing of the file is cached after them (a healthy server
+                # between the two would let read-ahead bring it in).
+                for knobs, what in (({"stall_rate": 1.0, "stall_seconds": 60.0},
+                                     "every body stalls"),
+                                    ({"error_rate": 1.0}, "every GET answers 500")):
                     for name, value in knobs.items():
                         setattr(emu.config, name, value)
                     rows.append((what, "fsspec cat_file(path, 0, 1 MiB)",

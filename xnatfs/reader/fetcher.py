@@ -438,6 +438,8 @@ class Fetcher:
                 with self._lock:  # every later request for this version must get the same
                     self._modified.setdefault(_file_key(file), body.last_modified)
             delivery = _Delivery(self, file, body, claims, store)
+            if detach:  # a reader's own call: its chunks keep to its deadline
+                delivery.caller_last = last
             if not whole and not body.ranged and self.whole_files is None:
                 # Only now, with the body's claims on the file's chunks in place: a reader
                 # that sees the flag goes straight to claiming, and must find them claimed
@@ -622,6 +624,7 @@ class _Delivery:
         self.store = store
         self.disk = store and fetcher.cache is not None  # the disk keeps what comes ahead
         self.index = body.start // fetcher.chunk_size
+        self.caller_last = -1  # chunks up to this one are a waiting call's, within its budget
         self.extra: set[int] = set()
         if not body.ranged:
             # The chunks before the first one asked for are taken only where the disk keeps
@@ -643,7 +646,7 @@ class _Delivery:
         try:
             while self.claims:
                 start, end = fetcher.chunk_bounds(file, self.index)
-                if until is None or self.index > until:
+                if self.index > self.caller_last:
                     # Chunks nobody's call waits for: each gets the time one call has (a
                     # whole file streamed for later readers may take far longer in all).
                     self.body.attempts = Attempts(time.monotonic() + fetcher.deadline, 1)

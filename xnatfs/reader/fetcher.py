@@ -209,15 +209,9 @@ class Fetcher:
         """A caller that checks the MD5 itself (``check=False``) found that bytes from ranged
         answers failed it: fetch the file whole from now on, as ``Checks`` does after its own
         failures, and drop the chunks those answers brought."""
-        if check:
-            self.checks.suspect_ranges(file)
-            self.evict(file)
-            return
-        file = _unchecked(file)  # never stored on disk: memory is all there is to drop
+        file = file if check else _unchecked(file)
         self.checks.suspect_ranges(file)
-        for index in range(self.chunk_count(file)):
-            with self._memory_lock:
-                self._memory.pop(_key(file, index), None)
+        self.evict(file, disk=check)  # unchecked chunks are never stored on disk
 
     def taint(self, file: RemoteFile) -> int:
         """How many times bytes of this file version failed its MD5 (``Checks.taint``)."""
@@ -592,9 +586,9 @@ class Fetcher:
         self.checks.proven(file, tags)
         return tags
 
-    def evict(self, file: RemoteFile) -> None:
-        """Drop every chunk of the file from memory, from those held for readers and from the
-        disk cache."""
+    def evict(self, file: RemoteFile, *, disk: bool = True) -> None:
+        """Drop every chunk of the file from memory, from those held for readers and (unless
+        not ``disk``) from the disk cache."""
         with self._lock:
             for held in [k for k in self._held if k[:2] == _file_key(file)]:
                 del self._held[held]
@@ -602,7 +596,7 @@ class Fetcher:
         for index in range(self.chunk_count(file)):
             with self._memory_lock:
                 self._memory.pop(_key(file, index), None)
-            if self.cache is not None:
+            if disk and self.cache is not None:
                 self.cache.delete(file, index)
 
 

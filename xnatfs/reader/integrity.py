@@ -167,9 +167,8 @@ class Checks:
         last = self.chunks.chunk_count(file) - 1
         if state is None:
             tags = self.passed(file)
-            if tags is not None:  # the file passed: this copy must be the one that did
-                if xxh3_64_intdigest(data) != tags[index]:
-                    self._failed(file, True, _two_bodies(file, index))
+            if tags is not None:
+                self._held_to(file, index, data, tags, ranged=True)
                 return
             if index != 0:
                 return
@@ -235,9 +234,9 @@ class Checks:
                     return False  # not read from its start: only sizes are checked
                 state = InOrder(file.digest, self.chunks.chunk_count(file))
                 self._put(fkey, state)
-        if state is None:  # the file passed: this copy must be the one that did
-            if tags is not None and xxh3_64_intdigest(data) != tags[index]:
-                self._failed(file, ranged, _two_bodies(file, index))
+        if state is None:
+            if tags is not None:
+                self._held_to(file, index, data, tags, ranged=ranged)
             return True
         state.ranged |= ranged
 
@@ -272,6 +271,12 @@ class Checks:
             return True
         self._failed(file, state.ranged,
                      f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
+
+    def _held_to(self, file: RemoteFile, index: int, data: bytes, tags: array[int], *,
+                 ranged: bool) -> None:
+        """The file passed: this copy of a chunk must be the one that did."""
+        if xxh3_64_intdigest(data) != tags[index]:
+            self._failed(file, ranged, _two_bodies(file, index))
 
     def _failed(self, file: RemoteFile, ranged: bool, why: str) -> NoReturn:
         """Bytes of the file failed: taint it, fetch it whole from now on (or, if whole

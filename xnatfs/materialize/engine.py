@@ -100,6 +100,11 @@ class Source:
         return self._fetcher.cached(remote, index) or \
             self._fetcher.chunk(remote, index, store=False, check=False)
 
+    def pin(self, remote: RemoteFile) -> object:
+        """What keeps the reader's knowledge of this file version (the Last-Modified its
+        requests must match) while the file is in transfer: held by its ``FileJob``."""
+        return self._fetcher.item(remote, check=False)
+
     @property
     def whole_files(self) -> bool:
         """Files come in one stream each (the server ignores Range, or its ranges lied)."""
@@ -526,6 +531,7 @@ class FileJob:
         self.replaced = replaced
         self.change = change
         self.source = host.source
+        self.pin = self.source.pin(remote)
         self.count = self.source.chunk_count(remote)
         self.next_write = part.offset // self.source.chunk_size
         self.next_fetch = self.next_write

@@ -85,7 +85,7 @@ from xnatfs.errors import (
 )
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.reader.integrity import LAG, Checks
-from xnatfs.reader.integrity import key as _file_key
+from xnatfs.reader.item import Item, Items
 from xnatfs.reader.policy import MAX_WINDOW, TOLERANCE
 from xnatfs.reader.rangeprobe import RangeProbe
 from xnatfs.reader.verify import Verifier
@@ -103,7 +103,6 @@ PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be r
 # 12.6 s, not 4.
 FAIL_HOLD = 1.0
 HELD_AHEAD = 8  # chunks a whole-file stream holds unread for readers without a disk cache
-HELD_MAX = 64  # chunks held at most in all (the oldest go first)
 # Chunks kept in memory by default: a sequential reader's read-ahead window, the chunks behind
 # it that late kernel reads may still ask for, and those its MD5 has yet to hash. A memory any
 # smaller drops chunks fetched ahead before they are read (LRU): 60-90 % of a cold 1 GiB read
@@ -139,21 +138,17 @@ class Fetcher:
         memory = MEMORY_CHUNKS * chunk_size if memory is None else memory
         self._memory: LRUCache[Key, bytes] = LRUCache(memory, getsizeof=len)
         self._memory_lock = threading.Lock()
-        self._lock = threading.Lock()  # guards _inflight, _streams, _held
-        self._inflight: dict[Key, Future[bytes]] = {}
-        self.checks = Checks(self, server=client.base_url, deadline=deadline)
+        self._lock = threading.Lock()  # guards _streams, _unreachable, _next_probe
+        # What the reader knows of each file version: fetches in flight, chunks held for
+        # readers, failures held, its Last-Modified, its MD5 state (``item``).
+        self.items = Items(self.chunk_count)
+        self.checks = Checks(self, server=client.base_url, deadline=deadline, items=self.items)
         self._ignores_range = False  # the server answered a Range with the whole file
         self._range = RangeProbe()  # until that is known, one ranged request at a time
         self._streams: set[_Delivery] = set()  # whole-file bodies finishing on their own
-        self._held: dict[Key, bytes] = {}  # streamed ahead, unread, no disk to keep them
-        self._taken = threading.Condition(self._lock)
         self._unreachable = False
         self._next_probe = 0.0
-        self._failures: dict[Key, tuple[float, XnatfsError]] = {}  # FAIL_HOLD, by chunk
-        # The Last-Modified of each file version's first answer. Later requests for it send
-        # If-Unmodified-Since: a file replaced on the server under the same listing identity
-        # answers 412 (``Changed``, EIO), where its bytes would have been mixed with the old.
-        self._modified: LRUCache[tuple[str, str], str] = LRUCache(1 << 16)
+        self._answers = 0  # answers from the server so far: a failure held ends at the next
         # Requests in flight for read-ahead, across all files: enough to fill a link's
         # latency x bandwidth (20 ms x 400 Mbit/s with 4 MiB requests at 100 Mbit/s each
         # wants 16 or more), within the client's pool of connections.
@@ -177,10 +172,10 @@ class Fetcher:
             file = _unchecked(file)  # its own keys: see the docstring
         if not 0 <= index < self.chunk_count(file):
             raise ValueError(f"chunk {index} out of range for {file.uri} ({file.size} bytes)")
-        key = _key(file, index)
-        held = self._failures.get(key)
-        if held is not None and held[0] > time.monotonic():
-            raise type(held[1])(str(held[1]))
+        item = self.items(file)
+        held = item.failures.get(index)
+        if held is not None and held[0] > time.monotonic() and held[1] == self._answers:
+            raise type(held[2])(str(held[2]))
         # The call's one budget: the HTTP layer spends it on failures before an answer,
         # this loop on bodies that broke after one (``xnatfs.xnat.retry``).
         attempts = Attempts(time.monotonic() + self.deadline, self.retries + 1,
@@ -189,7 +184,7 @@ class Fetcher:
             if self.checks.bad(file):
                 raise DigestMismatch(f"{file.uri} does not match its MD5 {file.digest}")
             try:
-                return self._chunk_once(file, index, store, attempts)
+                return self._chunk_once(item, index, store, attempts)
             except XnatfsError as exc:
                 try:
                     if self._unreachable:
@@ -197,13 +192,14 @@ class Fetcher:
                     attempts.again(exc, f"chunk {index} of {file.uri}")
                 except XnatfsError as final:
                     if final.transient:
-                        with self._lock:
-                            self._failures[key] = (time.monotonic() + FAIL_HOLD, final)
+                        with item.lock:
+                            item.failures[index] = (time.monotonic() + FAIL_HOLD,
+                                                    self._answers, final)
                     raise
 
     def fetched_whole(self, file: RemoteFile, *, check: bool = True) -> bool:
         """Whether the file's chunks come from one whole-file stream (see ``_whole``)."""
-        return self._whole(file if check else _unchecked(file))
+        return self._whole(self.items(file if check else _unchecked(file)))
 
     def distrust(self, file: RemoteFile, *, check: bool = True) -> None:
         """A caller that checks the MD5 itself (``check=False``) found that bytes from ranged
@@ -212,6 +208,11 @@ class Fetcher:
         file = file if check else _unchecked(file)
         self.checks.suspect_ranges(file)
         self.evict(file, disk=check)  # unchecked chunks are never stored on disk
+
+    def item(self, file: RemoteFile, *, check: bool = True) -> Item:
+        """The file version's ``Item``: a caller that holds it keeps what the reader knows of
+        the version (the Last-Modified its requests must match) for as long as it does."""
+        return self.items(file if check else _unchecked(file))
 
     def taint(self, file: RemoteFile) -> int:
         """How many times bytes of this file version failed its MD5 (``Checks.taint``)."""
@@ -278,136 +279,134 @@ class Fetcher:
 
     # -- getting one chunk ---------------------------------------------------------------
 
-    def _chunk_once(self, file: RemoteFile, index: int, store: bool,
+    def _chunk_once(self, item: Item, index: int, store: bool,
                     attempts: Attempts) -> bytes:
         """Memory, else whoever claims the chunk first loads it from disk or the network while
         the others wait for it (FUSE sends several reads of one chunk at once)."""
-        key = _key(file, index)
+        file = item.file
         with self._memory_lock:
-            data = self._memory.get(key)
+            data = self._memory.get(_key(file, index))
         if data is not None:
-            if self._held:  # a reader has it now: the stream holding it may go on
-                with self._lock:
-                    if self._held.pop(key, None) is not None:
-                        self._taken.notify_all()
+            if item.held:  # a reader has it now: the stream holding it may go on
+                _take_held(item, index)
             return data
-        with self._turn(file, attempts.deadline):
-            return self._claimed_or_awaited(file, index, store, attempts)
+        with self._turn(item, attempts.deadline):
+            return self._claimed_or_awaited(item, index, store, attempts)
 
-    def _claimed_or_awaited(self, file: RemoteFile, index: int, store: bool,
+    def _claimed_or_awaited(self, item: Item, index: int, store: bool,
                             attempts: Attempts) -> bytes:
         deadline = attempts.deadline
-        key = _key(file, index)
-        with self._lock:
-            data = self._held.pop(key, None)
+        file = item.file
+        with item.lock:
+            data = item.held.pop(index, None)
             if data is not None:
-                self._taken.notify_all()
+                item.taken.notify_all()
                 return data
-            future = self._inflight.get(key)
+            future = item.inflight.get(index)
             if future is None:
                 # A fetch may have finished since memory was looked at: it remembers the
-                # chunk before it leaves _inflight, so look again while holding the lock.
+                # chunk before it leaves ``inflight``, so look again while holding the lock.
                 with self._memory_lock:
-                    data = self._memory.get(key)
+                    data = self._memory.get(_key(file, index))
                 if data is not None:
                     return data
-                mine = future = self._inflight[key] = Future()
+                mine = future = item.inflight[index] = Future()
             else:
                 mine = None
         if mine is None:
             try:
                 data = future.result(max(0.0, deadline - time.monotonic()))
-                with self._lock:
-                    if self._held.pop(key, None) is not None:
-                        self._taken.notify_all()
+                if item.held:
+                    _take_held(item, index)
                 return data
             except TimeoutError:
                 raise ServerTimeout(f"chunk {index} of {file.uri} is still on its way after "
                                     f"{self.deadline:g} s") from None
         claims = {index: mine}
         if self.cache is not None and store:
-            self._from_cache(file, claims, [index])
+            self._from_cache(item, claims, [index])
         if claims:
-            self._fetch(file, index, index, claims, store, attempts, detach=True)
+            self._fetch(item, index, index, claims, store, attempts, detach=True)
         return mine.result()
 
     def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
         attempts = Attempts(time.monotonic() + self.deadline, self.retries + 1,
                             pauses=self.pauses)
-        with self._turn(file, attempts.deadline):
-            self._prefetch_turn(file, first, last, attempts)
+        item = self.items(file)
+        with self._turn(item, attempts.deadline):
+            self._prefetch_turn(item, first, last, attempts)
 
-    def _prefetch_turn(self, file: RemoteFile, first: int, last: int,
-                       attempts: Attempts) -> None:
+    def _prefetch_turn(self, item: Item, first: int, last: int, attempts: Attempts) -> None:
+        file = item.file
         wanted = [i for i in range(first, last + 1) if not self.have(file, i)]
-        claims = self._claim(file, wanted)
+        claims = self._claim(item, wanted)
         if self.cache is not None:
             # Between the look above and the claim, a reader may have fetched a chunk, moved
             # on and let memory drop it: it is in the cache now (queued before the reader had
             # it), so serve the claim from there rather than fetch the chunk again.
-            self._from_cache(file, claims, [i for i in claims if self.cache.contains(file, i)])
+            self._from_cache(item, claims, [i for i in claims if self.cache.contains(file, i)])
         for run in _runs(sorted(claims)):
-            self._fetch(file, run[0], run[-1], {i: claims[i] for i in run}, True, attempts,
+            self._fetch(item, run[0], run[-1], {i: claims[i] for i in run}, True, attempts,
                         detach=False)
 
-    def _whole(self, file: RemoteFile) -> bool:
+    def _whole(self, item: Item) -> bool:
         """Fetched without Range: a file of one chunk, every file once ranged answers are not to
         be used, a file whose ranged answers failed its MD5."""
-        return self.chunk_count(file) == 1 or self.whole_files is not None \
-            or self.checks.suspect(file)
+        return item.count == 1 or self.whole_files is not None or item.suspect
 
-    def _turn(self, file: RemoteFile, deadline: float) -> AbstractContextManager[None]:
+    def _turn(self, item: Item, deadline: float) -> AbstractContextManager[None]:
         """Claims on a file fetched with Range wait while a first ranged request is out to learn
         whether the server honours it (``rangeprobe``). A file fetched whole neither waits nor
         makes others wait: its answer says nothing of Range, and it may take long."""
-        return nullcontext() if self._range.known or self._whole(file) \
+        return nullcontext() if self._range.known or self._whole(item) \
             else self._range.turn(deadline)
 
-    def _from_cache(self, file: RemoteFile, claims: dict[int, Future[bytes]],
+    def _from_cache(self, item: Item, claims: dict[int, Future[bytes]],
                     indices: list[int]) -> None:
         """Serve those of our ``claims`` (of ``indices``) the disk cache holds, and drop them
         from ``claims``; what is left is for the network. A cache that fails fails every
         claim: nobody is left waiting on a dead one."""
         assert self.cache is not None
+        file = item.file
         try:
             found = [(i, data) for i in indices
                      if (data := self.cache.get(file, i)) is not None]
         except BaseException as exc:
-            self._fail(file, claims, exc)
+            self._fail(item, claims, exc)
             raise
         for index, data in found:
-            key = _key(file, index)
-            self._remember(key, data)
-            with self._lock:
-                del self._inflight[key]
+            self._remember(_key(file, index), data)
+            with item.lock:
+                del item.inflight[index]
             claims.pop(index).set_result(data)
 
-    def _claim(self, file: RemoteFile, indices: list[int]) -> dict[int, Future[bytes]]:
+    def _claim(self, item: Item, indices: list[int]) -> dict[int, Future[bytes]]:
         """Register as the fetcher of those chunks nobody is fetching yet (nor has just
-        fetched: a fetch remembers its chunk before it leaves _inflight)."""
+        fetched: a fetch remembers its chunk before it leaves ``inflight``)."""
         claims: dict[int, Future[bytes]] = {}
-        with self._lock, self._memory_lock:
+        file = item.file
+        with item.lock, self._memory_lock:
             for i in indices:
-                key = _key(file, i)
-                if key not in self._inflight and key not in self._memory:
-                    claims[i] = self._inflight[key] = Future()
+                if i not in item.inflight and _key(file, i) not in self._memory:
+                    claims[i] = item.inflight[i] = Future()
         return claims
 
     # -- one request -----------------------------------------------------------------------
 
     def _fetch(
-        self, file: RemoteFile, first: int, last: int, claims: dict[int, Future[bytes]],
+        self, item: Item, first: int, last: int, claims: dict[int, Future[bytes]],
         store: bool, attempts: Attempts, *, detach: bool,
     ) -> None:
         """One GET for chunks first..last, delivering each to its claim as it arrives. Never
         raises: failures go to the claims' futures, so every waiter sees them. With ``detach``,
         a whole-file body is left to a thread once our chunks are delivered."""
         body = None
+        file = item.file
         try:
             self._may_connect()
-            whole = self._whole(file)
+            whole = self._whole(item)
             try:
-                since = self._modified.get(_file_key(file))
+                since = item.modified
                 if whole:
                     body = self.client.open_file(file.uri, attempts=attempts, since=since)
                 else:
@@ -425,13 +424,12 @@ class Fetcher:
             if self._unreachable:
                 self._unreachable = False
                 log.warning("the server answers again")
-            if self._failures:  # the server answers: what failed before may not fail now
-                with self._lock:
-                    self._failures.clear()
+            self._answers += 1  # the server answers: what failed before may not fail now
             if since is None and body.last_modified:
-                with self._lock:  # every later request for this version must get the same
-                    self._modified.setdefault(_file_key(file), body.last_modified)
-            delivery = _Delivery(self, file, body, claims, store)
+                with item.lock:  # every later request for this version must get the same
+                    if item.modified is None:
+                        item.modified = body.last_modified
+            delivery = _Delivery(self, item, body, claims, store)
             if detach:  # a reader's own call: its chunks keep to its deadline
                 delivery.caller_last = last
             if not whole and not body.ranged and self.whole_files is None:
@@ -444,7 +442,7 @@ class Fetcher:
             if not whole:  # a whole body has claimed the file's chunks: the answer is in place
                 self._range.answered()
         except BaseException as exc:
-            self._fail(file, claims, exc)
+            self._fail(item, claims, exc)
             if body is not None:
                 body.close()
             return
@@ -479,15 +477,16 @@ class Fetcher:
         raise ConnectError(f"{self.client.base_url} is unreachable (trying again every second)")
 
     def _deliver(
-        self, file: RemoteFile, index: int, data: bytes, claims: dict[int, Future[bytes]], *,
+        self, item: Item, index: int, data: bytes, claims: dict[int, Future[bytes]], *,
         memory: bool, disk: bool, ranged: bool,
     ) -> None:
         """Hand one chunk to its waiters and the caches; the MD5 sees it too."""
+        file = item.file
         start, end = self.chunk_bounds(file, index)
         if len(data) != end - start:
             raise IntegrityError(f"chunk {index} of {file.uri}: {len(data)} bytes, "
                                  f"expected {end - start}")
-        last = index == self.chunk_count(file) - 1
+        last = index == item.count - 1
         # The chunk that completes the file's MD5 (normally the last) waits for it, so a
         # mismatch fails that read instead of surfacing after every byte is out. The last
         # bytes served unchecked (a reader of the end only) are not kept: a later whole-file
@@ -496,49 +495,43 @@ class Fetcher:
         verified = self.checks.feed(file, index, data, last=last, ranged=ranged) \
             if early else False
         keep = verified or not last or not file.digest
-        key = _key(file, index)
         if memory and keep:
-            self._remember(key, data)
+            self._remember(_key(file, index), data)
         # Queued for the disk before anyone has it: a reader that moves on and forgets it from
         # memory must find it in the cache, or a stale read-ahead would fetch it again.
         if disk and keep and self.cache is not None:
             self.cache.put_behind(file, index, data)
         future = claims.pop(index, None)
         if future is not None:
-            with self._lock:
-                self._inflight.pop(key, None)
+            with item.lock:
+                item.inflight.pop(index, None)
             future.set_result(data)
         if not early:
             self.checks.feed(file, index, data, ranged=ranged)
 
-    def _fail(self, file: RemoteFile, claims: dict[int, Future[bytes]], exc: BaseException) -> None:
-        with self._lock:
-            if len(self._failures) > 4096:
-                now = time.monotonic()
-                self._failures = {k: v for k, v in self._failures.items() if v[0] > now}
+    def _fail(self, item: Item, claims: dict[int, Future[bytes]], exc: BaseException) -> None:
+        with item.lock:
             for index in claims:
-                self._inflight.pop(_key(file, index), None)
+                item.inflight.pop(index, None)
         for future in claims.values():
             future.set_exception(exc)
         claims.clear()
 
-    def _hold(self, file: RemoteFile, index: int, data: bytes) -> None:
+    def _hold(self, item: Item, index: int, data: bytes) -> None:
         """Keep a chunk a stream brought ahead until a reader takes it (see the module
         docstring). Held before its waiters have it, so that the first of them takes it: held
         after, a chunk all readers had already taken stayed held, and the stream waited for
-        nobody."""
-        with self._lock:
-            self._held[_key(file, index)] = data
-            while len(self._held) > HELD_MAX:
-                del self._held[next(iter(self._held))]
+        nobody. At most ``HELD_AHEAD`` a file: past that, the oldest go."""
+        with item.lock:
+            item.held[index] = data
+            while len(item.held) > HELD_AHEAD:
+                del item.held[next(iter(item.held))]
 
-    def _wait_for_readers(self, file: RemoteFile) -> None:
+    def _wait_for_readers(self, item: Item) -> None:
         """Wait while the file has ``HELD_AHEAD`` chunks held unread. Readers that never come
         cost a wait of the deadline, then the stream goes on and the oldest held go first."""
-        with self._lock:
-            self._taken.wait_for(
-                lambda: sum(k[:2] == _file_key(file) for k in self._held) < HELD_AHEAD,
-                timeout=self.deadline)
+        with item.lock:
+            item.taken.wait_for(lambda: len(item.held) < HELD_AHEAD, timeout=self.deadline)
 
     def _remember(self, key: Key, data: bytes) -> None:
         with self._memory_lock:
@@ -554,8 +547,9 @@ class Fetcher:
         return self.cache is not None and self.cache.contains(file, index)
 
     def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None:
-        with self._lock:
-            return self._inflight.get(_key(file, index))
+        item = self.items(file)
+        with item.lock:
+            return item.inflight.get(index)
 
     def record(self, file: RemoteFile, tags: bytes) -> None:
         """Keep the chunk tags of the copy of the file that passed its MD5 (``Checks.passed``)."""
@@ -589,10 +583,10 @@ class Fetcher:
     def evict(self, file: RemoteFile, *, disk: bool = True) -> None:
         """Drop every chunk of the file from memory, from those held for readers and (unless
         not ``disk``) from the disk cache."""
-        with self._lock:
-            for held in [k for k in self._held if k[:2] == _file_key(file)]:
-                del self._held[held]
-            self._taken.notify_all()
+        item = self.items(file)
+        with item.lock:
+            item.held.clear()
+            item.taken.notify_all()
         for index in range(self.chunk_count(file)):
             with self._memory_lock:
                 self._memory.pop(_key(file, index), None)
@@ -605,13 +599,15 @@ class _Delivery:
     claims every chunk nobody else is fetching, so the file is streamed once for everybody; the
     chunks claimed that way go to memory (and to disk, for callers that store) for later readers."""
 
-    def __init__(self, fetcher: Fetcher, file: RemoteFile, body: Body,
+    def __init__(self, fetcher: Fetcher, item: Item, body: Body,
                  claims: dict[int, Future[bytes]], store: bool) -> None:
+        file = item.file
         size = _size(file)
         if body.total is not None and body.total != size:
             raise IntegrityError(f"{file.uri} is {body.total} bytes on the server, "
                                  f"the listing says {size} (changed since listed?)")
         self.fetcher = fetcher
+        self.item = item
         self.file = file
         self.body = body
         self.claims = claims
@@ -625,7 +621,7 @@ class _Delivery:
             # them: held for readers instead, they made the stream wait a deadline each for
             # readers that never come (materialize continuing a part file from chunk 12).
             first = 0 if self.disk or not claims else min(claims)
-            others = fetcher._claim(file, [i for i in range(first, fetcher.chunk_count(file))
+            others = fetcher._claim(item, [i for i in range(first, item.count)
                                            if i not in claims and not fetcher.have(file, i)])
             self.extra = set(others)
             claims.update(others)
@@ -636,7 +632,7 @@ class _Delivery:
 
     def run(self, until: int | None = None) -> bool:
         """Deliver chunks until ``until`` is delivered (True: more remain) or none are left."""
-        fetcher, file = self.fetcher, self.file
+        fetcher, item, file = self.fetcher, self.item, self.file
         try:
             while self.claims:
                 start, end = fetcher.chunk_bounds(file, self.index)
@@ -649,19 +645,19 @@ class _Delivery:
                     extra = self.index in self.extra
                     hold = extra and not self.disk
                     if hold:
-                        fetcher._hold(file, self.index, data)
-                    fetcher._deliver(file, self.index, data, self.claims,
+                        fetcher._hold(item, self.index, data)
+                    fetcher._deliver(item, self.index, data, self.claims,
                                      memory=self.store or extra, disk=self.store,
                                      ranged=self.body.ranged)
                     if hold:
-                        fetcher._wait_for_readers(file)
+                        fetcher._wait_for_readers(item)
                 else:
                     fetcher.checks.feed(file, self.index, data, ranged=self.body.ranged)
                 self.index += 1
                 if until is not None and self.index > until and self.claims:
                     return True
         except BaseException as exc:
-            fetcher._fail(file, self.claims, exc)
+            fetcher._fail(item, self.claims, exc)
         self.body.close()
         return False
 
@@ -688,6 +684,13 @@ class _Pieces:
             parts.append(piece)
             got += len(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _take_held(item: Item, index: int) -> None:
+    """A reader has the chunk: a stream that held it for readers may go on."""
+    with item.lock:
+        if item.held.pop(index, None) is not None:
+            item.taken.notify_all()
 
 
 def _runs(indices: list[int]) -> Iterator[list[int]]:

@@ -5,9 +5,10 @@ kernel's page cache keeps them, the disk cache too, and memory stays for what is
 read. (Not at close: other readers of a small file opened at the same moment may still want it
 before it reaches the disk.)
 
-A handle remembers the file's MD5 taint count (``Fetcher.taint``) from before it gave out its
-first bytes; once that count moves, some bytes it gave out may have been wrong, so every later
-read of this handle fails (EIO): the program reading learns of it before it reaches the end.
+A handle holds the file version's ``Item`` while it is open, and remembers its MD5 taint count
+from before it gave out its first bytes; once that count moves, some bytes it gave out may have
+been wrong, so every later read of this handle fails (EIO): the program reading learns of it
+before it reaches the end.
 So does a read during which the count moves: the chunks it gathered may be the ones that
 failed (one read over a whole small file gathers them all before the last one is checked).
 
@@ -42,11 +43,14 @@ class FileHandle:
             raise ValueError(f"size of {file.uri} unknown")
         self.fetcher = fetcher
         self.file = file
+        # Held for the handle's life: its Item keeps the version it was first served (the
+        # Last-Modified every later request must match) and its MD5 state.
+        self.item = fetcher.item(file)
         self.size = file.size
         self.readahead = Readahead(fetcher, file) if fetcher.chunk_count(file) > 1 else None
         if self.readahead is not None:
             fetcher.hold(file)
-        self._taint = fetcher.taint(file)
+        self._taint = self.item.taint
         self._gave = False
         self._served: set[int] = set()  # chunks served and still in the fetcher's memory
         self._tags: dict[int, int] = {}  # XXH3 of each chunk given out (files with an MD5)
@@ -62,8 +66,8 @@ class FileHandle:
         caller to copy once (a read within one chunk comes without a copy of its own)."""
         end = min(offset + size, self.size)
         if not self._gave:  # nothing given out yet: a failure before now concerns no byte of ours
-            self._taint = self.fetcher.taint(self.file)
-        elif self.fetcher.taint(self.file) != self._taint:
+            self._taint = self.item.taint
+        elif self.item.taint != self._taint:
             raise DigestMismatch(f"{self.file.uri}: bytes read earlier through this handle "
                                  "failed the file's MD5 check; open it again")
         if offset >= end:
@@ -88,7 +92,7 @@ class FileHandle:
                 self._tag(index, data)
             base = index * chunk_size
             parts.append((data, max(offset - base, 0), min(end - base, len(data))))
-        if self.fetcher.taint(self.file) != self._taint:  # while this read gathered its chunks
+        if self.item.taint != self._taint:  # while this read gathered its chunks
             raise DigestMismatch(f"{self.file.uri}: bytes gathered for this read failed the "
                                  "file's MD5 check")
         self._gave = True

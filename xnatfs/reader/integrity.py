@@ -1,7 +1,7 @@
 """What the fetcher knows about each file's MD5: running hashes, failures, and what follows.
 
-The fetcher moves bytes; this module decides whether they may be believed. It keeps, per file
-version:
+The fetcher moves bytes; this module decides whether they may be believed. What it knows of
+each file version is kept on the version's ``Item`` (``item``):
 
 * the running MD5 (``verify.InOrder``) of a file fetched from its first chunk onwards, fed as
   chunks arrive in any order. The chunk that completes it (normally the last) is checked
@@ -40,19 +40,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import NoReturn, Protocol
 
-from cachetools import LRUCache
 from xxhash import xxh3_64_intdigest
 
 from xnatfs.errors import DigestMismatch
+from xnatfs.reader.item import Item, Items
 from xnatfs.reader.verify import MAX_PENDING, Contradiction, GiveUp, InOrder
 from xnatfs.tree.model import RemoteFile
 
 log = logging.getLogger(__name__)
 
-MAX_DIGESTS = 8  # hashes kept for files no handle holds (each may hold chunks pending)
 LAG = 4  # chunks a reader may be ahead of its file's running MD5 while it is hashing
-PASSED_TAGS = 1 << 20  # chunk tags kept of files that passed (8 MiB, 4 TiB of chunks)
-FileKey = tuple[str, str]
 
 
 class Chunks(Protocol):
@@ -68,46 +65,39 @@ class Chunks(Protocol):
 
 
 class Checks:
-    """The MD5 state of every file a fetcher serves. Thread-safe."""
+    """The MD5 decisions for every file a fetcher serves; the state they rest on is each file
+    version's ``Item``. Thread-safe."""
 
-    def __init__(self, chunks: Chunks, *, server: str, deadline: float) -> None:
+    def __init__(self, chunks: Chunks, *, server: str, deadline: float,
+                 items: Items | None = None) -> None:
         self.chunks = chunks
         self.server = server
         self.deadline = deadline
+        self.items = items if items is not None else Items(chunks.chunk_count)
         self.whole_files: str | None = None  # why ranged answers are no longer trusted
-        self._lock = threading.Lock()
-        self._running: LRUCache[FileKey, InOrder] = LRUCache(MAX_DIGESTS)
-        self._held: dict[FileKey, InOrder] = {}  # hashes of files open in a handle
-        self._holders: dict[FileKey, int] = {}
-        self._suspect: set[FileKey] = set()  # failed their MD5: fetched whole from now on
-        self._bad: set[FileKey] = set()  # failed it whole too: never served again
-        self._taint: dict[FileKey, int] = {}  # MD5 failures so far, for FileHandle
-        # The chunk tags of files that passed: a copy fetched again must match (``verify``).
-        self._passed: LRUCache[FileKey, array[int]] = LRUCache(PASSED_TAGS, getsizeof=len)
+        self._lock = threading.Lock()  # whole_files
 
     # -- what the fetcher asks -----------------------------------------------------------
 
     def bad(self, file: RemoteFile) -> bool:
-        return key(file) in self._bad
+        return self.items(file).bad
 
     def suspect(self, file: RemoteFile) -> bool:
-        return key(file) in self._suspect
+        return self.items(file).suspect
 
     def taint(self, file: RemoteFile) -> int:
         """How many times bytes of this file version failed its MD5: a handle that was given
         any bytes before this number moved must not give out any more."""
-        return self._taint.get(key(file), 0)
+        return self.items(file).taint
 
     def hashed(self, file: RemoteFile) -> int | None:
         """Chunks of the file hashed so far, or None when no hash of it is running."""
-        with self._lock:
-            state = self._get(key(file))
+        state = self.items(file).hash
         return None if state is None else state.next
 
     def wanted(self, file: RemoteFile, index: int) -> bool:
         """Whether a running hash of the file has yet to reach chunk ``index``."""
-        with self._lock:
-            state = self._get(key(file))
+        state = self.items(file).hash
         return state is not None and state.next <= index and state.verdict is None
 
     def completes(self, file: RemoteFile, index: int) -> bool:
@@ -115,10 +105,10 @@ class Checks:
         last one already waits in the hash. Such a chunk is checked before it is handed out."""
         if not file.digest:
             return False
-        if index == self.chunks.chunk_count(file) - 1:
+        item = self.items(file)
+        if index == item.count - 1:
             return True
-        with self._lock:
-            state = self._get(key(file))
+        state = item.hash
         return state is not None and state.count - 1 in state.pending
 
     def pace(self, file: RemoteFile, index: int) -> None:
@@ -126,8 +116,7 @@ class Checks:
         than ``LAG`` chunks behind it (see the module docstring)."""
         if index <= LAG or not file.digest:
             return
-        with self._lock:
-            state = self._get(key(file))
+        state = self.items(file).hash
         if state is not None:
             state.catch_up(index - LAG, self.deadline)
 
@@ -135,24 +124,18 @@ class Checks:
 
     def hold(self, file: RemoteFile) -> None:
         """A handle opened the file: its hash, once one runs, stays until ``release``."""
-        fkey = key(file)
-        with self._lock:
-            self._holders[fkey] = self._holders.get(fkey, 0) + 1
-            state = self._running.pop(fkey, None)
-            if state is not None:
-                self._held[fkey] = state
+        item = self.items(file)
+        with item.lock:
+            item.holders += 1
+        self.items.hashing(item, False)
 
     def release(self, file: RemoteFile) -> None:
-        fkey = key(file)
-        with self._lock:
-            left = self._holders.get(fkey, 0) - 1
-            if left > 0:
-                self._holders[fkey] = left
-                return
-            self._holders.pop(fkey, None)
-            state = self._held.pop(fkey, None)
-            if state is not None:
-                self._running[fkey] = state
+        item = self.items(file)
+        with item.lock:
+            item.holders -= 1
+            unheld = item.holders == 0 and item.hash is not None
+        if unheld:
+            self.items.hashing(item, True)
 
     def served(self, file: RemoteFile, index: int, data: bytes) -> None:
         """A handle got chunk ``index``: feed it to the file's hash if the hash has not seen
@@ -161,10 +144,9 @@ class Checks:
         re-read from the cache is not hashed again. DigestMismatch if this completes it wrong."""
         if not file.digest:
             return
-        fkey = key(file)
-        with self._lock:
-            state = self._get(fkey)
-        last = self.chunks.chunk_count(file) - 1
+        item = self.items(file)
+        state = item.hash
+        last = item.count - 1
         if state is None:
             tags = self.passed(file)
             if tags is not None:
@@ -181,33 +163,29 @@ class Checks:
         Kept on disk beside the chunks (``Chunks.record``): which copy passed must outlive a
         remount and the eviction of the chunks, or a chunk fetched again by Range after
         either would be served unchecked (the wrong bytes of issue 19)."""
-        fkey = key(file)
-        with self._lock:
-            tags = self._passed.get(fkey)
+        item = self.items(file)
+        tags = item.passed
         if tags is not None or not file.digest:
             return tags
         blob = self.chunks.recorded(file)
-        if blob is None or len(blob) != 8 * self.chunks.chunk_count(file):
+        if blob is None or len(blob) != 8 * item.count:
             return None
         tags = array("Q")
         tags.frombytes(blob)
-        if len(tags) <= PASSED_TAGS:
-            with self._lock:
-                self._passed[fkey] = tags
+        item.passed = tags
         return tags
 
     def proven(self, file: RemoteFile, tags: array[int]) -> None:
         """A copy of the whole file with these chunk tags matched its MD5."""
-        if len(tags) <= PASSED_TAGS:
-            with self._lock:
-                self._passed[key(file)] = tags
+        self.items(file).passed = tags
         if len(tags) > 1:
             self.chunks.record(file, tags.tobytes())
 
     def suspect_ranges(self, file: RemoteFile) -> None:
         """Fetch the file whole from now on: its ranged answers made a copy that failed."""
-        with self._lock:
-            self._suspect.add(key(file))
+        item = self.items(file)
+        item.suspect = True
+        self.items.mark(item)
 
     def disproven(self, file: RemoteFile, ranged: bool, why: str) -> NoReturn:
         """Bytes a reader was given are not the copy that passed (or no copy passes)."""
@@ -223,20 +201,16 @@ class Checks:
         the chunks before can be had."""
         if not file.digest:
             return False
-        fkey = key(file)
-        with self._lock:
-            state = self._get(fkey)
+        item = self.items(file)
+        state = item.hash
         tags = self.passed(file) if state is None else None
-        with self._lock:
-            state = self._get(fkey) if state is None and tags is None else state
-            if state is None and tags is None:
-                if index >= MAX_PENDING:
-                    return False  # not read from its start: only sizes are checked
-                state = InOrder(file.digest, self.chunks.chunk_count(file))
-                self._put(fkey, state)
+        if state is None and tags is None:
+            if index >= MAX_PENDING:
+                return False  # not read from its start: only sizes are checked
+            state = self._start(item)
         if state is None:
-            if tags is not None:
-                self._held_to(file, index, data, tags, ranged=ranged)
+            assert tags is not None
+            self._held_to(file, index, data, tags, ranged=ranged)
             return True
         state.ranged |= ranged
 
@@ -251,18 +225,16 @@ class Checks:
             log.debug("not checking MD5 of %s: not read in order", file.uri)
             verdict = None
         except Contradiction:  # either copy may be the wrong one: the hash is no good
-            with self._lock:
-                self._drop(fkey, state)
+            self._drop(item, state)
             self._failed(file, state.ranged, _two_bodies(file, index))
         if verdict is None and state.verdict is None and not state.busy \
                 and len(state.pending) >= MAX_PENDING:
-            with self._lock:
-                self._drop(fkey, state)
+            self._drop(item, state)
         if verdict is None:
             return False
+        self._drop(item, state)
         with self._lock:
-            self._drop(fkey, state)
-            if verdict and fkey in self._suspect and self.whole_files is None:
+            if verdict and item.suspect and self.whole_files is None:
                 self.whole_files = "the server's ranged answers failed MD5 checks"
                 log.warning("%s sent wrong bytes for ranges of %s that pass whole: every "
                             "file is fetched whole from now on", self.server, file.uri)
@@ -281,13 +253,14 @@ class Checks:
     def _failed(self, file: RemoteFile, ranged: bool, why: str) -> NoReturn:
         """Bytes of the file failed: taint it, fetch it whole from now on (or, if whole
         answers failed too, never serve it), drop its chunks, raise DigestMismatch."""
-        fkey = key(file)
-        with self._lock:
-            self._taint[fkey] = self._taint.get(fkey, 0) + 1
+        item = self.items(file)
+        with item.lock:
+            item.taint += 1
             if ranged:
-                self._suspect.add(fkey)
+                item.suspect = True
             else:
-                self._bad.add(fkey)
+                item.bad = True
+        self.items.mark(item)
         self.chunks.evict(file)
         log.warning("%s failed its MD5 check%s", file.uri,
                     "; fetching it whole" if ranged else ": EIO for every read of it")
@@ -313,28 +286,29 @@ class Checks:
                 return verdict
         return verdict
 
-    # -- where hashes are kept (under the lock) ----------------------------------------------
+    # -- where hashes are kept ---------------------------------------------------------------
 
-    def _get(self, fkey: FileKey) -> InOrder | None:
-        state = self._held.get(fkey)
-        return self._running.get(fkey) if state is None else state
+    def _start(self, item: Item) -> InOrder:
+        """The file's running hash: the one another thread started meanwhile, or a new one."""
+        with item.lock:
+            state = item.hash
+            if state is None:
+                state = item.hash = InOrder(item.file.digest or "", item.count)
+            unheld = item.holders == 0
+        if unheld:
+            self.items.hashing(item, True)
+        return state
 
-    def _put(self, fkey: FileKey, state: InOrder) -> None:
-        if fkey in self._holders:
-            self._held[fkey] = state
-        else:
-            self._running[fkey] = state
-
-    def _drop(self, fkey: FileKey, state: InOrder) -> None:
+    def _drop(self, item: Item, state: InOrder) -> None:
         """Forget this hash of the file (not a newer one that replaced it)."""
-        for table in (self._held, self._running):
-            if table.get(fkey) is state:
-                del table[fkey]
+        with item.lock:
+            if item.hash is not state:
+                return
+            item.hash = None
+        self.items.hashing(item, False)
 
 
 def _two_bodies(file: RemoteFile, index: int) -> str:
     return f"{file.uri}: the server sent two different bodies for chunk {index}"
 
 
-def key(file: RemoteFile) -> FileKey:
-    return (file.uri, file.version)

@@ -24,9 +24,11 @@ Contract (stable; other front ends code against it)
     a caller that expects checked bytes is never handed them.
 ``cached(file, index) -> bytes | None``
     The chunk if memory or the disk cache has it (checked); never touches the network.
-``prefetch(file, first, last) -> Future``
+``prefetch(file, first, last, *, from_disk=False) -> Future``
     Fetches the chunks ``first..last`` not already cached or in flight, in the background on a
-    pool of ``max_parallel`` threads, one request per run of missing chunks. ``cancel()`` drops
+    pool of ``max_parallel`` threads, one request per run of missing chunks; ``from_disk``
+    brings those on disk into memory too (a reader's own read-ahead; not a folder's, whose
+    chunks memory would drop before their readers came). ``cancel()`` drops
     it if it has not started; once started it completes (its chunks land in the cache).
 ``forget(file, index)``
     Drops the chunk from memory if it is on disk: its reader has it, and the memory is for
@@ -233,10 +235,18 @@ class Fetcher:
             data = self.cache.get(file, index)
         return data
 
-    def prefetch(self, file: RemoteFile, first: int, last: int) -> Future[None]:
-        """Fetch chunks first..last into the caches in the background."""
+    def prefetch(self, file: RemoteFile, first: int, last: int, *,
+                 from_disk: bool = False) -> Future[None]:
+        """Fetch chunks first..last into the caches in the background; ``from_disk``: bring
+        those the disk cache has into memory as well (a reader's own read-ahead)."""
         last = min(last, self.chunk_count(file) - 1)
-        return self.pool.submit(self._prefetch, file, first, last)
+        if from_disk and last > first and self.cache is not None:
+            # A chunk a thread from the disk: one thread read them at 670 MB/s, one after
+            # the other, and its reader waited on each.
+            for index in range(first + 1, last + 1):
+                if self.cache.contains(file, index):
+                    self.pool.submit(self._prefetch, file, index, index, True)
+        return self.pool.submit(self._prefetch, file, first, last, from_disk)
 
     def pace(self, file: RemoteFile, index: int) -> None:
         """Before a reader gets chunk ``index``: keep within reach of the file's running MD5
@@ -290,6 +300,10 @@ class Fetcher:
             if item.held:  # a reader has it now: the stream holding it may go on
                 _take_held(item, index)
             return data
+        if store and self.cache is not None and self.cache.contains(file, index):
+            # On disk: no request to wait a turn for (a re-read after a remount, when nothing
+            # has been asked of the server yet, went one chunk at a time through the turn).
+            return self._claimed_or_awaited(item, index, store, attempts)
         with self._turn(item, attempts.deadline):
             return self._claimed_or_awaited(item, index, store, attempts)
 
@@ -329,17 +343,27 @@ class Fetcher:
             self._fetch(item, index, index, claims, store, attempts, detach=True)
         return mine.result()
 
-    def _prefetch(self, file: RemoteFile, first: int, last: int) -> None:
+    def _prefetch(self, file: RemoteFile, first: int, last: int, from_disk: bool) -> None:
         attempts = Attempts(time.monotonic() + self.deadline, self.retries + 1,
                             pauses=self.pauses)
         item = self.items(file)
-        with self._turn(item, attempts.deadline):
-            self._prefetch_turn(item, first, last, attempts)
+        claims: dict[int, Future[bytes]] = {}
+        if from_disk and self.cache is not None:
+            # Into memory ahead of the reader, on this pool's threads: read one at a time by
+            # the reader itself, a re-read from the disk cache ran at 560 MB/s, on a disk
+            # that reads 1.2 GB/s.
+            claims = self._claim(item, [i for i in range(first, last + 1)
+                                        if self.cache.contains(file, i)])
+            self._from_cache(item, claims, list(claims))  # what is left was damaged
+        if claims or not all(self.have(file, i) for i in range(first, last + 1)):
+            with self._turn(item, attempts.deadline):
+                self._prefetch_turn(item, first, last, attempts, claims)
 
-    def _prefetch_turn(self, item: Item, first: int, last: int, attempts: Attempts) -> None:
+    def _prefetch_turn(self, item: Item, first: int, last: int, attempts: Attempts,
+                       claims: dict[int, Future[bytes]]) -> None:
         file = item.file
         wanted = [i for i in range(first, last + 1) if not self.have(file, i)]
-        claims = self._claim(item, wanted)
+        claims.update(self._claim(item, wanted))
         if self.cache is not None:
             # Between the look above and the claim, a reader may have fetched a chunk, moved
             # on and let memory drop it: it is in the cache now (queued before the reader had

@@ -131,7 +131,7 @@ class FileHandle:
         chunk_size = self.fetcher.chunk_size
         first, last = start // chunk_size, (min(end, self.size) - 1) // chunk_size
         for index in range(first + 1, min(last, first + FIRST_WINDOW) + 1):
-            self.fetcher.prefetch(self.file, index, index)  # a request each, as read-ahead
+            self.fetcher.prefetch(self.file, index, index, from_disk=True)  # as read-ahead
 
     def close(self) -> None:
         if self.readahead is not None:

@@ -53,7 +53,8 @@ class Readahead:
             while self._pending and self._pending[0].done():
                 self._pending.popleft()
             for first, last in plan.spans:
-                self._pending.append(self.fetcher.prefetch(self.file, first, last))
+                self._pending.append(self.fetcher.prefetch(self.file, first, last,
+                                                           from_disk=True))
 
     def _cancel(self) -> None:
         while self._pending:

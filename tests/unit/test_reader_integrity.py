@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from xnatfs.errors import DigestMismatch
 from xnatfs.reader.integrity import LAG, Checks
+from xnatfs.reader.store import Checked
 from xnatfs.tree.model import RemoteFile
 
 CHUNK = 1000
@@ -25,7 +26,7 @@ class FakeChunks:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.cache: dict[int, bytes] = {}
-        self.flying: dict[int, Future[bytes]] = {}
+        self.flying: dict[int, Future[Checked]] = {}
         self.evicted = 0
         self.records: dict[str, bytes] = {}  # the disk's record of copies that passed
 
@@ -35,10 +36,11 @@ class FakeChunks:
     def piece(self, index: int) -> bytes:
         return self.data[index * CHUNK:(index + 1) * CHUNK]
 
-    def cached(self, file: RemoteFile, index: int) -> bytes | None:
-        return self.cache.get(index)
+    def load(self, file: RemoteFile, index: int) -> Checked | None:
+        data = self.cache.get(index)
+        return None if data is None else Checked.of(data)
 
-    def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None:
+    def in_flight(self, file: RemoteFile, index: int) -> Future[Checked] | None:
         return self.flying.get(index)
 
     def evict(self, file: RemoteFile) -> None:
@@ -137,11 +139,11 @@ def test_the_last_chunk_waits_for_a_gap_in_flight() -> None:
     checks, chunks, file = setup()
     for i in range(5):
         checks.feed(file, i, chunks.piece(i))
-    gap: Future[bytes] = Future()
+    gap: Future[Checked] = Future()
     chunks.flying[5] = gap
     for i in range(6, 9):
         chunks.cache[i] = chunks.piece(i)
-    threading.Timer(0.05, gap.set_result, [chunks.piece(5)]).start()
+    threading.Timer(0.05, gap.set_result, [Checked.of(chunks.piece(5))]).start()
     assert checks.feed(file, 9, chunks.piece(9), last=True)
 
 

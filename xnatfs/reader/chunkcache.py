@@ -54,11 +54,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import diskcache
-import xxhash
 from diskcache.core import MODE_BINARY, UNKNOWN
 from platformdirs import user_cache_dir
 
 from xnatfs.dirs import private_dir
+from xnatfs.reader.store import Checked
 from xnatfs.tree.model import RemoteFile
 
 log = logging.getLogger(__name__)
@@ -181,8 +181,8 @@ class ChunkCache:
         self._cache = self._open()
         # Write-behind: chunks waiting for the writer, and the batch it is storing now; both
         # are served by get(), and change only under _behind.
-        self._waiting: dict[str, bytes] = {}
-        self._batch: dict[str, bytes] = {}
+        self._waiting: dict[str, Checked] = {}
+        self._batch: dict[str, Checked] = {}
         self._waiting_bytes = 0
         self._behind = threading.Condition()
         self._writer: threading.Thread | None = None
@@ -225,6 +225,19 @@ class ChunkCache:
         dropped)."""
         return self._get(self._key(file, index))
 
+    # -- the chunk store protocol (``store.ChunkStore``): chunks with their XXH3 ------------
+
+    def load(self, file: RemoteFile, index: int) -> Checked | None:
+        """``get``, with the XXH3 its check computed."""
+        return self._load(self._key(file, index))
+
+    def keep(self, file: RemoteFile, index: int, chunk: Checked) -> None:
+        """``put_behind``, with the XXH3 already known: the entry's check needs no new one."""
+        self._behind_put(self._key(file, index), chunk)
+
+    def drop(self, file: RemoteFile, index: int) -> None:
+        self.delete(file, index)
+
     def get_blob(self, key: str) -> bytes | None:
         """A small value stored with ``put_blob`` (the tree's last listings), checked alike."""
         return self._get("blob\0" + key)
@@ -236,7 +249,7 @@ class ChunkCache:
         """Keep a small record that outlives the chunks (see the module docstring)."""
         try:
             with self._lock:
-                self._record_store().set(key, data, tag=_tag(data))
+                self._record_store().set(key, data, tag=_tag(Checked.of(data)))
         except _CACHE_ERRORS as exc:
             log.warning("chunk cache record failed: %s", exc)
 
@@ -247,7 +260,7 @@ class ChunkCache:
         except _CACHE_ERRORS as exc:
             log.warning("chunk cache record read failed: %s", exc)
             return None
-        if data is None or tag != _tag(data):
+        if data is None or tag != _tag(Checked.of(data)):
             return None
         return bytes(data)
 
@@ -262,13 +275,17 @@ class ChunkCache:
         return self._records
 
     def _get(self, key: str) -> bytes | None:
+        chunk = self._load(key)
+        return None if chunk is None else chunk.data
+
+    def _load(self, key: str) -> Checked | None:
         if self._waiting or self._batch:
             with self._behind:
-                data = self._waiting.get(key)
-                if data is None:
-                    data = self._batch.get(key)
-            if data is not None:
-                return data
+                waiting = self._waiting.get(key)
+                if waiting is None:
+                    waiting = self._batch.get(key)
+            if waiting is not None:
+                return waiting
         try:
             with self._lock:
                 value, tag = self._cache.get(key, read=True, tag=True)
@@ -282,11 +299,12 @@ class ChunkCache:
         except _CACHE_ERRORS as exc:
             log.warning("chunk cache read failed: %s", exc)
             return None
-        if tag != _tag(data, xxh3=bool(tag is not None and tag & _XXH3)):
+        chunk = Checked.of(data)
+        if tag != _tag(chunk, xxh3=bool(tag is not None and tag & _XXH3)):
             log.warning("dropping a damaged cache entry (%s)", key.replace("\0", " "))
             self._delete(key)
             return None
-        return data
+        return chunk
 
     def contains(self, file: RemoteFile, index: int) -> bool:
         """Whether the chunk is stored (unchecked: ``get`` still verifies it). A plain read of
@@ -309,13 +327,15 @@ class ChunkCache:
         """Store a chunk soon, on the writer thread (see the module docstring); ``get`` and
         ``contains`` see it at once. Waits while ``BEHIND_MAX`` bytes are waiting already:
         the disk then sets the pace, and memory stays bounded."""
-        key = self._key(file, index)
+        self._behind_put(self._key(file, index), Checked.of(data))
+
+    def _behind_put(self, key: str, data: Checked) -> None:
         with self._behind:
             self._behind.wait_for(lambda: self._waiting_bytes < BEHIND_MAX or self._closing)
             if self._closing:
                 return
             old = self._waiting.pop(key, None)
-            self._waiting_bytes += len(data) - (len(old) if old is not None else 0)
+            self._waiting_bytes += len(data.data) - (len(old.data) if old is not None else 0)
             self._waiting[key] = data
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_behind, daemon=True,
@@ -348,19 +368,21 @@ class ChunkCache:
                     self._behind.notify_all()
 
     def _put(self, key: str, data: bytes) -> bool:
-        return self._put_many([(key, data)])
+        return self._put_many([(key, Checked.of(data))])
 
-    def _put_many(self, items: list[tuple[str, bytes]]) -> bool:
+    def _put_many(self, items: list[tuple[str, Checked]]) -> bool:
         """Store chunks in one transaction; False if any is not cached (see ``put``)."""
-        need = sum(len(data) for _, data in items)
-        if any(len(data) > self._limit for _, data in items) or not self._make_room(need):
+        need = sum(len(chunk.data) for _, chunk in items)
+        if any(len(chunk.data) > self._limit for _, chunk in items) \
+                or not self._make_room(need):
             return False
         disk: _PrivateDisk = self._cache.disk
         values: list[tuple[str, bytes | _Written, int]] = []
         try:
-            for key, data in items:  # the slow part, outside the lock
+            for key, chunk in items:  # the slow part, outside the lock
+                data = chunk.data
                 value = disk.write(data) if len(data) >= disk.min_file_size else data
-                values.append((key, value, _tag(data)))
+                values.append((key, value, _tag(chunk)))
             with self._lock:
                 with self._cache.transact():
                     for key, value, tag in values:
@@ -381,9 +403,9 @@ class ChunkCache:
 
     def _delete(self, key: str) -> None:
         with self._behind:
-            data = self._waiting.pop(key, None)
-            if data is not None:
-                self._waiting_bytes -= len(data)
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None:
+                self._waiting_bytes -= len(waiting.data)
             # a batch being stored may hold the key: delete after it
             self._behind.wait_for(lambda: key not in self._batch)
         try:
@@ -476,8 +498,8 @@ def _flush_at_exit() -> None:
 _XXH3 = 1 << 62  # the tag's checksum is XXH3's low 32 bits, not CRC32 (lengths stay < 2**30)
 
 
-def _tag(data: bytes, *, xxh3: bool = True) -> int:
+def _tag(chunk: Checked, *, xxh3: bool = True) -> int:
     """Length and checksum in one integer, kept in diskcache's tag column beside the value."""
     if xxh3:
-        return _XXH3 | (len(data) << 32) | (xxhash.xxh3_64_intdigest(data) & 0xFFFFFFFF)
-    return (len(data) << 32) | zlib.crc32(data)
+        return _XXH3 | (len(chunk.data) << 32) | (chunk.tag & 0xFFFFFFFF)
+    return (len(chunk.data) << 32) | zlib.crc32(chunk.data)

@@ -75,9 +75,6 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
-from cachetools import LRUCache
-from xxhash import xxh3_64_intdigest
-
 from xnatfs.errors import (
     ConnectError,
     DigestMismatch,
@@ -90,6 +87,7 @@ from xnatfs.reader.integrity import LAG, Checks
 from xnatfs.reader.item import Item, Items
 from xnatfs.reader.policy import MAX_WINDOW, TOLERANCE
 from xnatfs.reader.rangeprobe import RangeProbe
+from xnatfs.reader.store import Checked, MemoryChunks
 from xnatfs.reader.verify import Verifier
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
@@ -110,7 +108,6 @@ HELD_AHEAD = 8  # chunks a whole-file stream holds unread for readers without a 
 # smaller drops chunks fetched ahead before they are read (LRU): 60-90 % of a cold 1 GiB read
 # then came back through the disk, measured with 48 MiB against a 48 MiB window.
 MEMORY_CHUNKS = MAX_WINDOW + TOLERANCE + LAG
-Key = tuple[str, str, int]
 
 
 class Fetcher:
@@ -138,8 +135,7 @@ class Fetcher:
         self.pauses = pauses
         self.deadline = deadline
         memory = MEMORY_CHUNKS * chunk_size if memory is None else memory
-        self._memory: LRUCache[Key, bytes] = LRUCache(memory, getsizeof=len)
-        self._memory_lock = threading.Lock()
+        self.memory = MemoryChunks(memory)
         self._lock = threading.Lock()  # guards _streams, _unreachable, _next_probe
         # What the reader knows of each file version: fetches in flight, chunks held for
         # readers, failures held, its Last-Modified, its MD5 state (``item``).
@@ -170,6 +166,11 @@ class Fetcher:
     def chunk(self, file: RemoteFile, index: int, *, store: bool = True,
               check: bool = True) -> bytes:
         """One chunk, exact and checked; see the module docstring."""
+        return self.get(file, index, store=store, check=check).data
+
+    def get(self, file: RemoteFile, index: int, *, store: bool = True,
+            check: bool = True) -> Checked:
+        """``chunk``, with the XXH3 of its bytes (``store.Checked``)."""
         if not check:
             file = _unchecked(file)  # its own keys: see the docstring
         if not 0 <= index < self.chunk_count(file):
@@ -229,11 +230,15 @@ class Fetcher:
 
     def cached(self, file: RemoteFile, index: int) -> bytes | None:
         """The chunk from memory or the disk cache, or None; never the network."""
-        with self._memory_lock:
-            data = self._memory.get(_key(file, index))
-        if data is None and self.cache is not None:
-            data = self.cache.get(file, index)
-        return data
+        chunk = self.load(file, index)
+        return None if chunk is None else chunk.data
+
+    def load(self, file: RemoteFile, index: int) -> Checked | None:
+        """``cached``, with the chunk's XXH3 (``store.Checked``)."""
+        chunk = self.memory.load(file, index)
+        if chunk is None and self.cache is not None:
+            chunk = self.cache.load(file, index)
+        return chunk
 
     def prefetch(self, file: RemoteFile, first: int, last: int, *,
                  from_disk: bool = False) -> Future[None]:
@@ -260,9 +265,9 @@ class Fetcher:
     def release(self, file: RemoteFile) -> None:
         self.checks.release(file)
 
-    def served(self, file: RemoteFile, index: int, data: bytes) -> None:
+    def served(self, file: RemoteFile, index: int, chunk: Checked) -> None:
         """A handle got the chunk: the file's hash sees it too (``Checks.served``)."""
-        self.checks.served(file, index, data)
+        self.checks.served(file, index, chunk)
 
     def forget(self, file: RemoteFile, index: int) -> bool:
         """Drop the chunk from memory (True) unless something still wants it there; see the
@@ -276,8 +281,7 @@ class Fetcher:
             return True
         if self.checks.wanted(file, index):
             return False
-        with self._memory_lock:
-            self._memory.pop(_key(file, index), None)
+        self.memory.drop(file, index)
         return True
 
     def close(self) -> None:
@@ -290,12 +294,11 @@ class Fetcher:
     # -- getting one chunk ---------------------------------------------------------------
 
     def _chunk_once(self, item: Item, index: int, store: bool,
-                    attempts: Attempts) -> bytes:
+                    attempts: Attempts) -> Checked:
         """Memory, else whoever claims the chunk first loads it from disk or the network while
         the others wait for it (FUSE sends several reads of one chunk at once)."""
         file = item.file
-        with self._memory_lock:
-            data = self._memory.get(_key(file, index))
+        data = self.memory.load(file, index)
         if data is not None:
             if item.held:  # a reader has it now: the stream holding it may go on
                 _take_held(item, index)
@@ -308,7 +311,7 @@ class Fetcher:
             return self._claimed_or_awaited(item, index, store, attempts)
 
     def _claimed_or_awaited(self, item: Item, index: int, store: bool,
-                            attempts: Attempts) -> bytes:
+                            attempts: Attempts) -> Checked:
         deadline = attempts.deadline
         file = item.file
         with item.lock:
@@ -320,8 +323,7 @@ class Fetcher:
             if future is None:
                 # A fetch may have finished since memory was looked at: it remembers the
                 # chunk before it leaves ``inflight``, so look again while holding the lock.
-                with self._memory_lock:
-                    data = self._memory.get(_key(file, index))
+                data = self.memory.load(file, index)
                 if data is not None:
                     return data
                 mine = future = item.inflight[index] = Future()
@@ -347,7 +349,7 @@ class Fetcher:
         attempts = Attempts(time.monotonic() + self.deadline, self.retries + 1,
                             pauses=self.pauses)
         item = self.items(file)
-        claims: dict[int, Future[bytes]] = {}
+        claims: dict[int, Future[Checked]] = {}
         if from_disk and self.cache is not None:
             # Into memory ahead of the reader, on this pool's threads: read one at a time by
             # the reader itself, a re-read from the disk cache ran at 560 MB/s, on a disk
@@ -360,7 +362,7 @@ class Fetcher:
                 self._prefetch_turn(item, first, last, attempts, claims)
 
     def _prefetch_turn(self, item: Item, first: int, last: int, attempts: Attempts,
-                       claims: dict[int, Future[bytes]]) -> None:
+                       claims: dict[int, Future[Checked]]) -> None:
         file = item.file
         wanted = [i for i in range(first, last + 1) if not self.have(file, i)]
         claims.update(self._claim(item, wanted))
@@ -385,7 +387,7 @@ class Fetcher:
         return nullcontext() if self._range.known or self._whole(item) \
             else self._range.turn(deadline)
 
-    def _from_cache(self, item: Item, claims: dict[int, Future[bytes]],
+    def _from_cache(self, item: Item, claims: dict[int, Future[Checked]],
                     indices: list[int]) -> None:
         """Serve those of our ``claims`` (of ``indices``) the disk cache holds, and drop them
         from ``claims``; what is left is for the network. A cache that fails fails every
@@ -394,31 +396,31 @@ class Fetcher:
         file = item.file
         try:
             found = [(i, data) for i in indices
-                     if (data := self.cache.get(file, i)) is not None]
+                     if (data := self.cache.load(file, i)) is not None]
         except BaseException as exc:
             self._fail(item, claims, exc)
             raise
         for index, data in found:
-            self._remember(_key(file, index), data)
+            self.memory.keep(file, index, data)
             with item.lock:
                 del item.inflight[index]
             claims.pop(index).set_result(data)
 
-    def _claim(self, item: Item, indices: list[int]) -> dict[int, Future[bytes]]:
+    def _claim(self, item: Item, indices: list[int]) -> dict[int, Future[Checked]]:
         """Register as the fetcher of those chunks nobody is fetching yet (nor has just
         fetched: a fetch remembers its chunk before it leaves ``inflight``)."""
-        claims: dict[int, Future[bytes]] = {}
+        claims: dict[int, Future[Checked]] = {}
         file = item.file
-        with item.lock, self._memory_lock:
+        with item.lock, self.memory.lock:
             for i in indices:
-                if i not in item.inflight and _key(file, i) not in self._memory:
+                if i not in item.inflight and not self.memory.contains(file, i):
                     claims[i] = item.inflight[i] = Future()
         return claims
 
     # -- one request -----------------------------------------------------------------------
 
     def _fetch(
-        self, item: Item, first: int, last: int, claims: dict[int, Future[bytes]],
+        self, item: Item, first: int, last: int, claims: dict[int, Future[Checked]],
         store: bool, attempts: Attempts, *, detach: bool,
     ) -> None:
         """One GET for chunks first..last, delivering each to its claim as it arrives. Never
@@ -501,14 +503,14 @@ class Fetcher:
         raise ConnectError(f"{self.client.base_url} is unreachable (trying again every second)")
 
     def _deliver(
-        self, item: Item, index: int, data: bytes, claims: dict[int, Future[bytes]], *,
+        self, item: Item, index: int, chunk: Checked, claims: dict[int, Future[Checked]], *,
         memory: bool, disk: bool, ranged: bool,
     ) -> None:
         """Hand one chunk to its waiters and the caches; the MD5 sees it too."""
         file = item.file
         start, end = self.chunk_bounds(file, index)
-        if len(data) != end - start:
-            raise IntegrityError(f"chunk {index} of {file.uri}: {len(data)} bytes, "
+        if len(chunk.data) != end - start:
+            raise IntegrityError(f"chunk {index} of {file.uri}: {len(chunk.data)} bytes, "
                                  f"expected {end - start}")
         last = index == item.count - 1
         # The chunk that completes the file's MD5 (normally the last) waits for it, so a
@@ -516,24 +518,24 @@ class Fetcher:
         # bytes served unchecked (a reader of the end only) are not kept: a later whole-file
         # read must fetch them again and meet the check.
         early = self.checks.completes(file, index)
-        verified = self.checks.feed(file, index, data, last=last, ranged=ranged) \
+        verified = self.checks.feed(file, index, chunk, last=last, ranged=ranged) \
             if early else False
         keep = verified or not last or not file.digest
         if memory and keep:
-            self._remember(_key(file, index), data)
+            self.memory.keep(file, index, chunk)
         # Queued for the disk before anyone has it: a reader that moves on and forgets it from
         # memory must find it in the cache, or a stale read-ahead would fetch it again.
         if disk and keep and self.cache is not None:
-            self.cache.put_behind(file, index, data)
+            self.cache.keep(file, index, chunk)
         future = claims.pop(index, None)
         if future is not None:
             with item.lock:
                 item.inflight.pop(index, None)
-            future.set_result(data)
+            future.set_result(chunk)
         if not early:
-            self.checks.feed(file, index, data, ranged=ranged)
+            self.checks.feed(file, index, chunk, ranged=ranged)
 
-    def _fail(self, item: Item, claims: dict[int, Future[bytes]], exc: BaseException) -> None:
+    def _fail(self, item: Item, claims: dict[int, Future[Checked]], exc: BaseException) -> None:
         with item.lock:
             for index in claims:
                 item.inflight.pop(index, None)
@@ -541,7 +543,7 @@ class Fetcher:
             future.set_exception(exc)
         claims.clear()
 
-    def _hold(self, item: Item, index: int, data: bytes) -> None:
+    def _hold(self, item: Item, index: int, data: Checked) -> None:
         """Keep a chunk a stream brought ahead until a reader takes it (see the module
         docstring). Held before its waiters have it, so that the first of them takes it: held
         after, a chunk all readers had already taken stayed held, and the stream waited for
@@ -557,20 +559,15 @@ class Fetcher:
         with item.lock:
             item.taken.wait_for(lambda: len(item.held) < HELD_AHEAD, timeout=self.deadline)
 
-    def _remember(self, key: Key, data: bytes) -> None:
-        with self._memory_lock:
-            self._memory[key] = data
-
     # -- what the checks need (integrity.Chunks) ---------------------------------------------
 
     def have(self, file: RemoteFile, index: int) -> bool:
         """Whether memory or the disk cache holds the chunk (the disk's index only)."""
-        with self._memory_lock:
-            if _key(file, index) in self._memory:
-                return True
+        if self.memory.contains(file, index):
+            return True
         return self.cache is not None and self.cache.contains(file, index)
 
-    def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None:
+    def in_flight(self, file: RemoteFile, index: int) -> Future[Checked] | None:
         item = self.items(file)
         with item.lock:
             return item.inflight.get(index)
@@ -595,9 +592,9 @@ class Fetcher:
         verifier = Verifier(None, file.digest)
         tags = array("Q", bytes(8 * self.chunk_count(file)))
         for index in range(self.chunk_count(file)):
-            data = self.chunk(file, index)
-            tags[index] = xxh3_64_intdigest(data)
-            verifier.update(data)
+            chunk = self.get(file, index)
+            tags[index] = chunk.tag
+            verifier.update(chunk.data)
         if not verifier.matches():
             self.checks.disproven(file, True, f"MD5 mismatch for {file.uri}: the listing says "
                                               f"{file.digest}")
@@ -612,8 +609,7 @@ class Fetcher:
             item.held.clear()
             item.taken.notify_all()
         for index in range(self.chunk_count(file)):
-            with self._memory_lock:
-                self._memory.pop(_key(file, index), None)
+            self.memory.drop(file, index)
             if disk and self.cache is not None:
                 self.cache.delete(file, index)
 
@@ -624,7 +620,7 @@ class _Delivery:
     chunks claimed that way go to memory (and to disk, for callers that store) for later readers."""
 
     def __init__(self, fetcher: Fetcher, item: Item, body: Body,
-                 claims: dict[int, Future[bytes]], store: bool) -> None:
+                 claims: dict[int, Future[Checked]], store: bool) -> None:
         file = item.file
         size = _size(file)
         if body.total is not None and body.total != size:
@@ -664,7 +660,7 @@ class _Delivery:
                     # Chunks nobody's call waits for: each gets the time one call has (a
                     # whole file streamed for later readers may take far longer in all).
                     self.body.attempts = Attempts(time.monotonic() + fetcher.deadline, 1)
-                data = self.pieces.take(end - start)
+                data = Checked.of(self.pieces.take(end - start))
                 if self.index in self.claims:
                     extra = self.index in self.extra
                     hold = extra and not self.disk
@@ -738,6 +734,4 @@ def _record_key(file: RemoteFile) -> str:
     return f"passed\0{file.version}\0{file.uri}"
 
 
-def _key(file: RemoteFile, index: int) -> Key:
-    return (file.uri, file.version, index)
 

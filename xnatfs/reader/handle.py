@@ -26,8 +26,6 @@ copy both times.
 
 from __future__ import annotations
 
-from xxhash import xxh3_64_intdigest
-
 from xnatfs.errors import DigestMismatch
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.policy import FIRST_WINDOW, TOLERANCE
@@ -54,7 +52,6 @@ class FileHandle:
         self._gave = False
         self._served: set[int] = set()  # chunks served and still in the fetcher's memory
         self._tags: dict[int, int] = {}  # XXH3 of each chunk given out (files with an MD5)
-        self._copies: dict[int, int] = {}  # which bytes object gave it (no XXH3 twice)
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset + size), fewer at the end of the file, b"" past it."""
@@ -84,12 +81,13 @@ class FileHandle:
             self.fetcher.pace(self.file, last)
         parts = []
         for index in range(first, last + 1):
-            data = self.fetcher.chunk(self.file, index)
+            chunk = self.fetcher.get(self.file, index)
             if self.readahead is not None and index not in self._served:
-                self.fetcher.served(self.file, index, data)
+                self.fetcher.served(self.file, index, chunk)
             self._served.add(index)
             if self.readahead is not None and self.file.digest:
-                self._tag(index, data)
+                self._tag(index, chunk.tag)
+            data = chunk.data
             base = index * chunk_size
             parts.append((data, max(offset - base, 0), min(end - base, len(data))))
         if self.item.taint != self._taint:  # while this read gathered its chunks
@@ -101,17 +99,16 @@ class FileHandle:
         joined = b"".join(memoryview(data)[lo:hi] for data, lo, hi in parts)
         return joined, 0, len(joined)
 
-    def _tag(self, index: int, data: bytes) -> None:
+    def _tag(self, index: int, tag: int) -> None:
         """Keep the tag of a chunk given out; before the last one not given out yet, check
         the whole set against a copy that passed (see the module docstring)."""
-        if self._copies.get(index) == id(data):
+        known = self._tags.get(index)
+        if known is not None:  # given out before: the same copy, and the set was checked
+            if known != tag:
+                raise DigestMismatch(f"{self.file.uri}: two different copies of chunk {index} "
+                                     "came through this handle")
             return
-        tag = xxh3_64_intdigest(data)
-        self._copies[index] = id(data)
-        known = self._tags.setdefault(index, tag)
-        if known != tag:
-            raise DigestMismatch(f"{self.file.uri}: two different copies of chunk {index} "
-                                 "came through this handle")
+        self._tags[index] = tag
         if len(self._tags) < self.fetcher.chunk_count(self.file):
             return
         passed = self.fetcher.verify(self.file)

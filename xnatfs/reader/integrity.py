@@ -40,10 +40,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import NoReturn, Protocol
 
-from xxhash import xxh3_64_intdigest
-
 from xnatfs.errors import DigestMismatch
 from xnatfs.reader.item import Item, Items
+from xnatfs.reader.store import Checked
 from xnatfs.reader.verify import MAX_PENDING, Contradiction, GiveUp, InOrder
 from xnatfs.tree.model import RemoteFile
 
@@ -56,9 +55,9 @@ class Chunks(Protocol):
     """What the checks need of the fetcher."""
 
     def chunk_count(self, file: RemoteFile) -> int: ...
-    def cached(self, file: RemoteFile, index: int) -> bytes | None: ...
+    def load(self, file: RemoteFile, index: int) -> Checked | None: ...
     def have(self, file: RemoteFile, index: int) -> bool: ...
-    def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None: ...
+    def in_flight(self, file: RemoteFile, index: int) -> Future[Checked] | None: ...
     def evict(self, file: RemoteFile) -> None: ...
     def record(self, file: RemoteFile, tags: bytes) -> None: ...
     def recorded(self, file: RemoteFile) -> bytes | None: ...
@@ -137,7 +136,7 @@ class Checks:
         if unheld:
             self.items.hashing(item, True)
 
-    def served(self, file: RemoteFile, index: int, data: bytes) -> None:
+    def served(self, file: RemoteFile, index: int, data: Checked) -> None:
         """A handle got chunk ``index``: feed it to the file's hash if the hash has not seen
         it (see the module docstring). A hash starts here only at chunk 0, and not for a file
         whose last chunk is kept: that one is kept only once the whole file has passed, so a
@@ -193,7 +192,7 @@ class Checks:
 
     # -- hashing ---------------------------------------------------------------------------
 
-    def feed(self, file: RemoteFile, index: int, data: bytes, *, last: bool = False,
+    def feed(self, file: RemoteFile, index: int, data: Checked | bytes, *, last: bool = False,
              ranged: bool = True) -> bool:
         """Feed the file's running MD5; True once it completes right, DigestMismatch if wrong
         (the file's chunks evicted first), else False (not known yet, or never: the file was
@@ -201,6 +200,8 @@ class Checks:
         the chunks before can be had."""
         if not file.digest:
             return False
+        if not isinstance(data, Checked):
+            data = Checked.of(data)
         item = self.items(file)
         state = item.hash
         tags = self.passed(file) if state is None else None
@@ -214,8 +215,8 @@ class Checks:
             return True
         state.ranged |= ranged
 
-        def fill(i: int) -> bytes | None:
-            return self.chunks.cached(file, i)
+        def fill(i: int) -> Checked | None:
+            return self.chunks.load(file, i)
 
         try:
             verdict = state.feed(index, data, fill)
@@ -244,10 +245,10 @@ class Checks:
         self._failed(file, state.ranged,
                      f"MD5 mismatch for {file.uri}: the listing says {file.digest}")
 
-    def _held_to(self, file: RemoteFile, index: int, data: bytes, tags: array[int], *,
+    def _held_to(self, file: RemoteFile, index: int, data: Checked, tags: array[int], *,
                  ranged: bool) -> None:
         """The file passed: this copy of a chunk must be the one that did."""
-        if xxh3_64_intdigest(data) != tags[index]:
+        if data.tag != tags[index]:
             self._failed(file, ranged, _two_bodies(file, index))
 
     def _failed(self, file: RemoteFile, ranged: bool, why: str) -> NoReturn:
@@ -267,7 +268,7 @@ class Checks:
         raise DigestMismatch(why)
 
     def _finish(self, file: RemoteFile, state: InOrder,
-                fill: Callable[[int], bytes | None]) -> bool | None:
+                fill: Callable[[int], Checked | None]) -> bool | None:
         """Hash the chunks missing before the last one: wait for those in flight, take those
         cached; None if one can be had neither way (a reader of the end only)."""
         deadline = time.monotonic() + self.deadline

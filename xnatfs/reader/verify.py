@@ -14,9 +14,8 @@ import threading
 from array import array
 from collections.abc import Callable
 
-from xxhash import xxh3_64_intdigest
-
 from xnatfs.errors import DigestMismatch, IntegrityError
+from xnatfs.reader.store import Checked
 
 MAX_PENDING = 32  # chunks held ahead of the in-order MD5 (read-ahead spans finish out of order)
 
@@ -68,15 +67,16 @@ class InOrder:
         self.count = count
         self.verifier = Verifier(None, expected)
         self.next = 0
-        self.pending: dict[int, bytes] = {}
+        self.pending: dict[int, Checked] = {}
         self.tags = array("Q", bytes(8 * count))  # XXH3 of each chunk hashed (below next)
-        self.hashing: bytes | None = None  # the chunk ``next``, while a thread hashes it
+        self.hashing: Checked | None = None  # the chunk ``next``, while a thread hashes it
         self.busy = False
         self.ranged = False  # some bytes came from ranged answers
         self.verdict: bool | None = None  # set once the whole file is hashed
         self.cond = threading.Condition()
 
-    def feed(self, index: int, data: bytes, fill: Callable[[int], bytes | None]) -> bool | None:
+    def feed(self, index: int, data: Checked,
+             fill: Callable[[int], Checked | None]) -> bool | None:
         """Add a chunk; the verdict if this completed the file, else None. ``fill`` gets a
         chunk from the caches when a gap is not being filled by the network (False: give up).
         Contradiction if this is a second copy of a chunk, and not the first one."""
@@ -105,10 +105,9 @@ class InOrder:
                     if piece is None:
                         return None
                     self.hashing = piece
-                tag = xxh3_64_intdigest(piece)
-                self.verifier.update(piece)
+                self.verifier.update(piece.data)
                 with self.cond:
-                    self.tags[self.next] = tag
+                    self.tags[self.next] = piece.tag
                     self.hashing = None
                     self.next += 1
                     self.cond.notify_all()
@@ -129,13 +128,13 @@ class InOrder:
     def _took(self, index: int) -> bool:
         return index < self.next or index in self.pending or self.verdict is not None
 
-    def _contradicts(self, index: int, data: bytes) -> bool:
+    def _contradicts(self, index: int, data: Checked) -> bool:
         """Whether ``data`` is not the copy of chunk ``index`` held or hashed (under ``cond``)."""
         if index < self.next:
-            return xxh3_64_intdigest(data) != self.tags[index]
+            return data.tag != self.tags[index]
         held = self.hashing if index == self.next else None
         held = self.pending.get(index) if held is None else held
-        return held is not None and held != data
+        return held is not None and held.tag != data.tag
 
     def catch_up(self, index: int, timeout: float) -> None:
         """Wait while a thread is hashing and chunk ``index`` is not hashed yet: the pace a

@@ -164,15 +164,15 @@ class Checks:
         either would be served unchecked (the wrong bytes of issue 19)."""
         item = self.items(file)
         tags = item.passed
-        if tags is not None or not file.digest:
-            return tags
+        if tags is not None or not file.digest or item.count == 1 or item.looked_up:
+            return tags  # a file of one chunk has no record: its one copy is checked whole
         blob = self.chunks.recorded(file)
-        if blob is None or len(blob) != 8 * item.count:
-            return None
-        tags = array("Q")
-        tags.frombytes(blob)
-        item.passed = tags
-        return tags
+        if blob is not None and len(blob) == 8 * item.count:
+            tags = array("Q")
+            tags.frombytes(blob)
+            item.passed = tags
+        item.looked_up = True  # once an item, after ``passed``: a record read per small
+        return tags  # file was a quarter of the CPU of cp -r
 
     def proven(self, file: RemoteFile, tags: array[int]) -> None:
         """A copy of the whole file with these chunk tags matched its MD5."""

@@ -5,7 +5,7 @@
     .venv/bin/python scripts/bench_mount.py --quick        # small smoke configuration
     .venv/bin/python scripts/bench_mount.py --only wan-read --runs 5
 
-Figures (the targets are issue 8's "Done means"):
+Figures (the targets are those of issues 8 and 19):
 
 * ``wan-copy``: ``cp -r`` of a session of 1,000 files (500 MiB) through a fresh mount, against
   the link limit and against ``xnatfs materialize`` of the same session;
@@ -78,13 +78,14 @@ from benchlib import (
     md5,
     median,
     parallel,
+    requests_in_turn,
     run,
     scratch,
     session_spec,
     traffic,
 )
 
-COLUMNS = ("figure", "xnatfs", "baseline (same run)", "ratio", "goal (issue 8)", "mount CPU",
+COLUMNS = ("figure", "xnatfs", "baseline (same run)", "ratio", "goal", "mount CPU",
            "mount peak RSS", "requests")
 
 
@@ -231,14 +232,17 @@ def loopback_read(b: Bench) -> None:
     b.table.add(f"loopback: cold `dd bs=1M` of a {human(size)} file", mb_per_s(size, t),
                 f"{rate}; curl | md5sum {mb_per_s(size, md5)}",
                 f"{curl / t:.2f}x curl speed; {md5 / t:.2f}x curl | md5sum",
-                "≥ 0.5x curl; ≤ 2 s CPU/GiB",
+                "≥ 1.0x curl | md5sum",
                 f"{median(cpu):.2f} s ({median(cpu) / gib:.1f} s/GiB)",
                 b.rss("loopback dd", rss), notes[-1])
-    for name, times in (("warm re-read (page cache)", warm),
-                        ("re-read after remount (chunk cache on disk)", chunk)):
-        t = median(times)
-        b.table.add(f"loopback: {name}", mb_per_s(size, t), rate, f"{curl / t:.2f}x curl speed",
-                    "", "", "", "0 GETs" if "chunk" in name else "")
+    t = median(warm)
+    b.table.add("loopback: warm re-read (page cache)", mb_per_s(size, t), rate,
+                f"{curl / t:.2f}x curl speed", "", "", "", "")
+    t = median(chunk)  # issue 19: a re-read costs a fast hash and a copy, not an MD5
+    b.table.add("loopback: re-read after remount (chunk cache on disk)", mb_per_s(size, t),
+                f"{rate}; curl | md5sum {mb_per_s(size, md5)}",
+                f"{curl / t:.2f}x curl speed; {md5 / t:.2f}x curl | md5sum",
+                "≥ 1.5x curl | md5sum", "", "", "0 GETs")
 
 
 def loopback_copy(b: Bench) -> None:
@@ -248,9 +252,11 @@ def loopback_copy(b: Bench) -> None:
         expected = listed(emu)
         uris = [r["URI"] for r in emu.files(SCAN_FILES)]
         curl_cmd, curl_input = curl_in_turn(emu.url, uris)
-        times, baseline, cpu, rss, notes = [], [], [], [], []
+        py_cmd, py_input = requests_in_turn(emu.url, uris)
+        times, baseline, cpu, rss, notes, py_cpu = [], [], [], [], [], []
         for _ in range(c.runs):
             baseline.append(run(curl_cmd, input=curl_input).seconds)
+            py_cpu.append(float(run(py_cmd, input=py_input).stdout))
             seconds, used, peak, requests = copy_session(b, emu, expected)
             times.append(seconds)
             cpu.append(used)
@@ -258,10 +264,13 @@ def loopback_copy(b: Bench) -> None:
             notes.append(requests)
     t, curl = median(times), median(baseline)
     n = len(expected)
+    per_file, py_file = median(cpu) / n * 1e3, median(py_cpu) / n * 1e3
     b.table.add(f"loopback: `cp -r` of {n:,} files of {human(c.small_size)}",
-                f"{t:.2f} s ({n / t:,.0f} files/s)", f"one kept-alive curl {curl:.2f} s",
-                f"{t / curl:.1f}x curl time", "≤ 2x curl; ≤ 1 ms CPU/file",
-                f"{median(cpu):.2f} s ({median(cpu) / n * 1e3:.1f} ms/file)",
+                f"{t:.2f} s ({n / t:,.0f} files/s)",
+                f"one kept-alive curl {curl:.2f} s; requests.Session GET {py_file:.2f} ms "
+                "CPU/file", f"{t / curl:.1f}x curl time; {per_file / py_file:.2f}x requests CPU",
+                "≤ 2.5x curl; CPU/file ≤ requests",
+                f"{median(cpu):.2f} s ({per_file:.2f} ms/file)",
                 b.rss("loopback cp -r", rss), notes[-1])
 
 

@@ -4,6 +4,7 @@ served."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -20,12 +21,16 @@ from tests.support.mount import Mount, files_under, needs_fuse, unmount
 from tests.support.oracle import Oracle, is_record, output_files
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.materialize.output import PART_SUFFIX
+from xnatfs.reader.chunkcache import SMALL_IN_DB
 
 USERS = {"alice": "secret"}
-FILE = 50_000  # above diskcache's 32 KiB: cached chunks are files of their own
+FILE = 50_000
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=10, dicom_size=FILE,
                      niftis=0, assessors=0, session_resources=0, subject_resources=0,
                      project_resources=0, seed=41)
+# Above chunkcache.SMALL_IN_DB: cached chunks are files of their own, which a crash can damage
+# (smaller ones live inside SQLite, whose transactions a SIGKILL cannot cut).
+DAMAGE_SPEC = dataclasses.replace(SPEC, dicoms=2, dicom_size=SMALL_IN_DB + 1000)
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -101,7 +106,7 @@ def test_sigkill_at_ten_random_moments_then_rerun(tmp_path: Path) -> None:
 def test_a_damaged_cache_after_sigkill_is_refetched_not_served(
         mount: Callable[..., Mount], tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    with Emulator(synthetic_archive(SPEC), EmulatorConfig(), users=USERS) as emu:
+    with Emulator(synthetic_archive(DAMAGE_SPEC), EmulatorConfig(), users=USERS) as emu:
         want = expected(emu)
         first = mount(emu, cache_dir=str(cache))
         for path, data in want.items():

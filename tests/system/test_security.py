@@ -25,7 +25,7 @@ from tests.support.mount import needs_fuse, tree_of, unmount
 from tests.support.security import PASSWORD, USER, Secrets, cmdlines, tls_proxy
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.host import is_mounted
-from xnatfs.reader.chunkcache import ChunkCache
+from xnatfs.reader.chunkcache import SMALL_IN_DB, ChunkCache
 from xnatfs.tree.model import RemoteFile
 
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=2, dicom_size=3000,
@@ -163,8 +163,9 @@ def test_allow_other_opens_the_mount_to_other_users(emu: Emulator, public_dir: P
 def test_cache_folders_are_0700_and_files_0600(tmp_path: Path):
     cache = ChunkCache(str(tmp_path / "cache"), 64 << 20, chunk_size=1 << 20, min_free=0)
     try:
+        size = SMALL_IN_DB + 1000  # values of files of their own, not inside SQLite
         for n in range(40):  # enough values for several value folders
-            assert cache.put(RemoteFile(f"/data/f{n}", 40_000, None), 0, os.urandom(40_000))
+            assert cache.put(RemoteFile(f"/data/f{n}", size, None), 0, os.urandom(size))
     finally:
         cache.close()
     paths = [tmp_path / "cache", *(tmp_path / "cache").rglob("*")]

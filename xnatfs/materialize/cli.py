@@ -135,8 +135,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open_client(args, url, pool_size=pool, read_timeout=timeout,
                          listing_timeout=timeout * LISTING_PATIENCE) as client:
+            # One chunk call: the deadline of every front end, --timeout and GRACE for its
+            # retries; a file whose step failed is tried again by the run (``FileJob``).
             archive = Archive.open_for(client, cache="read", cache_dir=args.cache_dir,
-                                       max_parallel=1, deadline=max(60.0, 3 * timeout))
+                                       max_parallel=1)
             tree = archive.tree
             try:
                 if not paths:

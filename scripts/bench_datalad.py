@@ -63,8 +63,9 @@ def main() -> int:
             mark = emu.mark()
             first = run(command, env=env)
             asked = emu.requests(mark)
-            files = int(subprocess.run(["git", "ls-files"], cwd=out, capture_output=True,
-                                       text=True, check=True).stdout.count("\n"))
+            staged = subprocess.run(["git", "ls-files", "-s"], cwd=out, capture_output=True,
+                                    text=True, check=True).stdout
+            files = sum(line.startswith("120000 ") for line in staged.splitlines())
             bodies = sum(r.kind == "file" for r in asked)
             verdict = "ok" if first.seconds <= TARGET * args.files / 10_000 else "over target"
             table.add(f"first run: dataset of {files:,} files ({verdict})",

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from xnatfs.annex.branch import log_file, merged
 from xnatfs.annex.keys import annex_key, key_facts, matches, tree_path, xnat_url
-from xnatfs.errors import UsageError
+from xnatfs.errors import UsageError, XnatfsError
 from xnatfs.tree.model import RemoteFile
 
 NAMES = ["t1.nii.gz", "a.b.c.tar.gz", "0001.dcm", ".foo", ".bashrc", "x..gz", "noext",
@@ -58,3 +59,13 @@ def test_xnat_urls_are_tree_paths_percent_encoded() -> None:
     for bad in ("http://host/P", "xnat://", "xnat://P/../x", "xnat://P/a%2Fb"):
         with pytest.raises(UsageError):
             tree_path(bad)
+
+
+def test_branch_logs_replace_only_our_own_line() -> None:
+    key = "MD5E-s2048--e701c8512af33cbd52a623a0854eaf06.dcm"
+    assert log_file(key) == f"f0b/1e5/{key}"  # the path git-annex itself gave this key
+    old = "1.000000000s 1 other-uuid\n2.000000000s 0 our-uuid\n"
+    assert merged(old, "our-uuid", "3.5s") == "1.000000000s 1 other-uuid\n3.5s 1 our-uuid\n"
+    assert merged("", "xnat://P/a", "4s") == "4s 1 xnat://P/a\n"
+    with pytest.raises(XnatfsError):
+        log_file("URL--xnat://P/a b")

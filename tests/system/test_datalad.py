@@ -52,6 +52,7 @@ class Made:
     env: dict[str, str]
     first: subprocess.CompletedProcess[str]
     file_gets: int
+    listings: int
 
     def run(self, *cmd: str, cwd: Path | None = None,
             check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -88,7 +89,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Made]:
                                "-o", str(root)], env=env, capture_output=True, text=True,
                               timeout=90, check=False)
         assert proc.returncode == 0, proc.stderr
-        yield Made(emu, root, env, proc, emu.log.count(kind="file"))
+        yield Made(emu, root, env, proc, emu.log.count(kind="file"),
+                   emu.log.count(kind="listing"))
     finally:
         emu.stop()
 
@@ -113,7 +115,8 @@ def test_a_dataset_holds_every_file_and_no_body_was_downloaded(made: Made) -> No
     truth = Oracle.of(made.emu, user="alice").files
     keys = annexed(made)
     assert keys == {path: key_of(f) for path, f in truth.items()}
-    assert made.file_gets == 0  # listings only
+    assert made.file_gets == 0  # listings only: a project, its subjects, sessions, a session's
+    assert made.listings <= 8  # scans and files, whatever the number of files
     assert not any((made.root / p).exists() for p in keys)  # content absent: links dangle
     log = made.run("git", "log", "--format=%s").stdout.splitlines()
     assert log == [f"xnat: {len(truth)} files from {made.emu.url}", "[DATALAD] new dataset"]
@@ -124,25 +127,25 @@ def test_a_dataset_holds_every_file_and_no_body_was_downloaded(made: Made) -> No
     assert f"{len(truth)} files from {made.emu.url}" in made.first.stdout
 
 
-def test_get_fsck_drop_get_through_the_remote_one_get_per_file_then_the_cache(made: Made) -> None:
+def test_get_fsck_drop_get_of_a_session_one_get_per_file_then_the_cache(made: Made) -> None:
     truth = Oracle.of(made.emu, SESSION, user="alice")
-    scan = f"{SESSION}/scans/1-T1w"
-    wanted = {p: f for p, f in truth.files.items() if p.startswith(scan + "/")}
+    wanted = truth.files
     made.emu.log.clear()
-    made.run("datalad", "get", scan)
+    made.run("datalad", "get", SESSION)
     for path, f in wanted.items():
         assert hashlib.md5((made.root / path).read_bytes()).hexdigest() == f.md5
-    assert made.emu.log.count(kind="file") == len(wanted) == 3  # small files: one GET each
+    assert made.emu.log.count(kind="file") == len(wanted) == 7  # small files: one GET each
     assert made.emu.log.count(kind="listing") <= 6  # the remote's tree, not per file
-    fsck = made.run("git", "annex", "fsck", scan)
+    fsck = made.run("git", "annex", "fsck", SESSION)
     assert fsck.stdout.count(" ok") == len(wanted)
-    made.run("git", "annex", "drop", scan)  # checks the remote still has it: listings only
-    assert not any((made.root / p).exists() for p in wanted)
     made.emu.log.clear()
-    made.run("git", "annex", "get", scan)
+    made.run("git", "annex", "drop", SESSION)  # asks the remote: CHECKPRESENT, from listings
+    assert made.emu.log.count(kind="file") == 0 and made.emu.log.count(kind="listing") > 0
+    assert not any((made.root / p).exists() for p in wanted)
+    made.run("git", "annex", "get", SESSION)
     assert made.emu.log.count(kind="file") == 0  # the chunk cache, shared with the mount
     assert all((made.root / p).read_bytes() == truth.read(p) for p in wanted)
-    assert made.run("git", "annex", "fsck", "--from", "xnat", "--fast", scan).returncode == 0
+    assert made.run("git", "annex", "fsck", "--from", "xnat", "--fast", SESSION).returncode == 0
 
 
 def test_the_remote_is_read_only_and_says_so(made: Made) -> None:

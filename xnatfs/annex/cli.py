@@ -10,7 +10,9 @@ server and selection check out, and a DIR that is neither empty nor such a datas
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import time
 from pathlib import Path
 
 from xnatfs.annex.git import Git, git_identity_missing, remote_on_path, require_tools
@@ -19,6 +21,7 @@ from xnatfs.cli.options import add_connection_options, open_client, server_url
 from xnatfs.errors import UsageError, XnatfsError
 
 REMOTE = "xnat"
+log = logging.getLogger(__name__)
 
 EPILOG = """\
 DIR gets one annexed file per XNAT file at its tree path, as the mount shows it, with no
@@ -71,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
                          "(git config), or GIT_AUTHOR_NAME/EMAIL and GIT_COMMITTER_NAME/EMAIL")
     with open_client(args, url) as client:
         tree = Archive.open_for(client, cache="none").tree  # listings only: no reader runs
+        began = time.monotonic()
         roots, wanted = dataset.listed(tree, paths)
+        log.info("listed %d files in %.1f s", len(wanted), time.monotonic() - began)
     if existing is None:
+        began = time.monotonic()
         _create(git, url)
+        log.info("created the dataset in %.1f s", time.monotonic() - began)
         existing = dataset.stored_url(git)
         assert existing is not None
     have = dataset.committed(git)
@@ -82,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
     if not changes:
         print(f"{root}: up to date with {url} ({changes.unchanged} files)")
         return 0
+    began = time.monotonic()
     dataset.apply(git, changes, existing[0])
+    log.info("recorded %s in %.1f s", changes.summary(), time.monotonic() - began)
     git.run("commit", "-q", "--no-verify", "-F", "-",
             input=dataset.message(url, changes, first=first).encode())
     if first:

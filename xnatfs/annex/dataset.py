@@ -1,10 +1,10 @@
 """A DataLad dataset of XNAT files: one annexed file per tree path, content left on the server.
 
-Making it downloads no file body: each file's key comes from its listing (``keys.py``), and
-git-annex learns three things about it in batch, one process per kind for all the files:
-its ``xnat://`` URL (``registerurl``: the remote finds the tree path there), that the ``xnat``
-remote has it (``setpresentkey``), and where its object lives (``examinekey``), from which the
-work tree's symlink is written and staged with one ``git add``. Then one commit.
+Making it downloads no file body: each file's key comes from its listing (``keys.py``). For
+all the files at once, git-annex's branch learns each key's ``xnat://`` URL (where the remote
+finds the tree path) and that the ``xnat`` remote has it (``branch.py``, one commit);
+``git annex examinekey --batch`` says where each object lives, from which the work tree's
+symlinks are written and staged with one ``git add``. Then one commit.
 
 A rerun compares the server's listing with the keys committed at HEAD, below the same PATHs
 only: a new path or a new key (size or MD5 changed, a same-size replacement too) is added as
@@ -25,6 +25,7 @@ from xnatfs.materialize.plan import PlannedFile, Planner
 from xnatfs.materialize.selection import Selection
 from xnatfs.tree.model import Tree
 
+from .branch import record
 from .git import Git
 from .keys import annex_key, xnat_url
 
@@ -88,10 +89,10 @@ def committed(git: Git) -> dict[str, str]:
     if not git.ok("rev-parse", "--verify", "-q", "HEAD"):
         return {}
     links: list[tuple[str, str]] = []
-    for record in git.run("ls-tree", "-r", "-z", "HEAD").split(b"\0"):
-        if not record.startswith(b"120000 "):
+    for entry in git.run("ls-tree", "-r", "-z", "HEAD").split(b"\0"):
+        if not entry.startswith(b"120000 "):
             continue
-        meta, path = record.split(b"\t", 1)
+        meta, path = entry.split(b"\t", 1)
         links.append((meta.split()[2].decode(), os.fsdecode(path)))
     if not links:
         return {}
@@ -143,23 +144,13 @@ def apply(git: Git, changes: Changes, remote_uuid: str) -> None:
             raise UsageError(f"cannot hold {path!r} in a dataset")
         (git.root / path).parent.mkdir(parents=True, exist_ok=True)
     keys = sorted({w.key for w in adding.values()})
-    # The two logs are independent and git-annex locks its journal: side by side they take
-    # the time of the longer one. The work tree's links need only where each object lives.
-    with ThreadPoolExecutor(3) as pool:
-        urls = pool.submit(git.batch, ["annex", "registerurl", "--batch"],
-                           [f"{w.key} {w.url}" for w in adding.values()])
-        present = pool.submit(git.batch, ["annex", "setpresentkey", "--batch"],
-                              [f"{k} {remote_uuid} 1" for k in keys])
-        where = pool.submit(git.batch, ["annex", "examinekey", "--batch",
-                                        "--format=${objectpath}\n"], keys)
-        objects = dict(zip(keys, where.result().decode().splitlines(), strict=True))
-        for path, want in adding.items():
-            depth = path.count("/")
-            os.symlink("../" * depth + objects[want.key], git.root / path)
-        data = b"".join(os.fsencode(p) + b"\0" for p in adding)
-        git.run("add", "--pathspec-from-file=-", "--pathspec-file-nul", input=data)
-        urls.result()
-        present.result()
+    record(git, remote_uuid, {w.key: w.url for w in adding.values()})
+    found = git.batch(["annex", "examinekey", "--batch", "--format=${objectpath}\n"], keys)
+    objects = dict(zip(keys, found.decode().splitlines(), strict=True))
+    for path, want in adding.items():
+        os.symlink("../" * path.count("/") + objects[want.key], git.root / path)
+    data = b"".join(os.fsencode(p) + b"\0" for p in adding)
+    git.run("add", "--pathspec-from-file=-", "--pathspec-file-nul", input=data)
 
 def message(url: str, changes: Changes, *, first: bool) -> str:
     """The commit message: what changed, with the paths (the first ``SHOWN`` of each kind)."""

@@ -54,10 +54,10 @@ class Made:
     file_gets: int
     listings: int
 
-    def run(self, *cmd: str, cwd: Path | None = None,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(cmd, cwd=cwd or self.root, env=self.env, capture_output=True,
-                              text=True, timeout=90, check=False)
+    def run(self, *cmd: str, cwd: Path | None = None, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(cmd, cwd=cwd or self.root, env=env or self.env,
+                              capture_output=True, text=True, timeout=90, check=False)
         if check:
             assert proc.returncode == 0, (cmd, proc.stdout, proc.stderr)
         return proc
@@ -164,6 +164,17 @@ def test_no_credential_is_written_into_the_dataset(made: Made) -> None:
     assert hits.stdout == "" and hits.returncode == 1
     config = (made.root / ".git" / "config").read_text()
     assert USER not in config and PASSWORD not in config
+    paths = sorted(annexed(made))[:3]
+    made.run("git", "annex", "drop", "--force", *paths)
+    made.emu.log.clear()
+    wrong = made.run("git", "annex", "get", *paths, check=False,
+                     env={**made.env, "XNAT_PASS": "Wr0ng-" + PASSWORD})
+    said = wrong.stdout + wrong.stderr
+    assert wrong.returncode != 0 and said.count("login refused") == 3, said
+    assert PASSWORD not in said and "Traceback" not in said
+    refused = [r for r in made.emu.log.records() if r.status == 401]
+    assert len(refused) == 1  # one failed login per remote process, not one per file
+    made.run("git", "annex", "get", *paths)
 
 
 def test_a_clone_autoenables_the_remote_and_addurl_takes_xnat_urls(made: Made,
@@ -229,6 +240,11 @@ def test_a_rerun_commits_new_changed_and_gone_files(made: Made) -> None:
     dropped = nifti.files[0]
     nifti.remove_file(dropped.relpath)
     before = annexed(made)
+    stale = next(p for p, f in Oracle.of(made.emu, user="alice").files.items()
+                 if f.uri == same.uri)
+    made.run("git", "annex", "drop", "--force", stale)  # the xnat remote no longer has it
+    old = made.run("git", "annex", "get", stale, check=False)  # the key is the old content
+    assert old.returncode != 0 and "changed on" in old.stdout + old.stderr
     made.emu.log.clear()
     proc = made.xnatfs("datalad", made.emu.url, "PROJ01", "-o", str(made.root))
     assert made.emu.log.count(kind="file") == 0

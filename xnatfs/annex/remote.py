@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from annexremote import Master, RemoteError, SpecialRemote
 
 from xnatfs.archive import Archive
-from xnatfs.errors import NotFound, XnatfsError
+from xnatfs.errors import AuthError, NotFound, XnatfsError
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import resolve_credentials
@@ -84,6 +84,7 @@ class XnatRemote(SpecialRemote):
         self.url = ""
         self._archive: Archive | None = None
         self._client: XnatClient | None = None
+        self._refused: AuthError | None = None
 
     def listconfigs(self) -> dict[str, str]:
         return {"url": "the XNAT server, e.g. https://xnat.example.org (no credentials)"}
@@ -180,7 +181,11 @@ class XnatRemote(SpecialRemote):
         return urls[0], tree.resolve(node)
 
     def archive(self) -> Archive:
-        """The logged-in archive, made once per process (git-annex keeps one per job)."""
+        """The logged-in archive, made once per process (git-annex keeps one per job). A
+        refused login is never tried again by this process: ``get`` of 1,000 files must not
+        cost 1,000 failed logins (XNAT locks an account after 20)."""
+        if self._refused is not None:
+            raise self._refused
         if self._archive is None:
             from xnatfs.account.tokens import log_in
 
@@ -188,6 +193,10 @@ class XnatRemote(SpecialRemote):
             client = XnatClient(url, resolve_credentials(url, can_prompt=False))
             try:
                 log_in(client)
+            except AuthError as exc:
+                client.close()
+                self._refused = exc
+                raise
             except BaseException:
                 client.close()
                 raise

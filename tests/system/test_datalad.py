@@ -177,7 +177,7 @@ def test_no_credential_is_written_into_the_dataset(made: Made) -> None:
     made.run("git", "annex", "get", *paths)
 
 
-def test_a_clone_autoenables_the_remote_and_addurl_takes_xnat_urls(made: Made,
+def test_a_clone_autoenables_the_remote_and_addurl_and_addurls_take_xnat_urls(made: Made,
                                                                   tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     made.run("git", "clone", "-q", str(made.root), str(clone), cwd=tmp_path)
@@ -190,6 +190,10 @@ def test_a_clone_autoenables_the_remote_and_addurl_takes_xnat_urls(made: Made,
     dicom = next(p for p in truth.files if p.endswith("/0002.dcm"))
     made.run("git", "annex", "addurl", "--file", "extra.dcm", f"xnat://{dicom}", cwd=clone)
     assert (clone / "extra.dcm").read_bytes() == truth.read(dicom)
+    table = tmp_path / "urls.csv"
+    table.write_text(f"url,name\nxnat://{nifti},mine/t1.nii.gz\n")
+    made.run("datalad", "addurls", str(table), "{url}", "{name}", cwd=clone)
+    assert (clone / "mine" / "t1.nii.gz").read_bytes() == truth.read(nifti)
     bad = made.run("git", "annex", "addurl", "--file", "nope.dcm",
                    f"xnat://{SESSION}/scans/9-X/resources/DICOM/files/none.dcm", cwd=clone,
                    check=False)

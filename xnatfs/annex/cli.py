@@ -79,7 +79,12 @@ def run(args: argparse.Namespace) -> int:
         log.info("listed %d files in %.1f s", len(wanted), time.monotonic() - began)
     if existing is None:
         began = time.monotonic()
-        _create(git, url)
+        made_root = not root.exists()
+        try:
+            _create(git, url)
+        except BaseException:  # leave DIR as it was: missing or empty
+            _empty(root, remove=made_root)
+            raise
         log.info("created the dataset in %.1f s", time.monotonic() - began)
         existing = dataset.stored_url(git)
         assert existing is not None
@@ -90,10 +95,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{root}: up to date with {url} ({changes.unchanged} files)")
         return 0
     began = time.monotonic()
-    dataset.apply(git, changes, existing[0])
-    log.info("recorded %s in %.1f s", changes.summary(), time.monotonic() - began)
-    git.run("commit", "-q", "--no-verify", "-F", "-",
-            input=dataset.message(url, changes, first=first).encode())
+    try:
+        dataset.apply(git, changes, existing[0])
+        log.info("recorded %s in %.1f s", changes.summary(), time.monotonic() - began)
+        git.run("commit", "-q", "--no-verify", "-F", "-",
+                input=dataset.message(url, changes, first=first).encode())
+    except BaseException:  # the work tree as HEAD has it, so a rerun can start clean
+        dataset.roll_back(git, changes)
+        raise
     if first:
         print(f"{root}: {len(changes.new)} files from {url}; no content downloaded "
               f"(datalad get PATH fetches it)")
@@ -125,6 +134,21 @@ def _existing(git: Git, url: str) -> tuple[str, str] | None:
     if git.run("status", "--porcelain", "--untracked-files=no"):
         raise UsageError(f"{root} has uncommitted changes: commit or discard them first")
     return found
+
+
+def _empty(root: Path, *, remove: bool) -> None:
+    """Undo a half-made dataset: DIR removed (``remove``: this run made it) or emptied (it was
+    empty before)."""
+    import shutil
+
+    if remove:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for child in root.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _create(git: Git, url: str) -> None:

@@ -152,6 +152,17 @@ def apply(git: Git, changes: Changes, remote_uuid: str) -> None:
     data = b"".join(os.fsencode(p) + b"\0" for p in adding)
     git.run("add", "--pathspec-from-file=-", "--pathspec-file-nul", input=data)
 
+def roll_back(git: Git, changes: Changes) -> None:
+    """After a failed ``apply``: the index and the links as HEAD has them. Only our own
+    links are touched (the work tree was clean when the run began)."""
+    for path in changes.new:
+        link = git.root / path
+        if link.is_symlink():
+            link.unlink()
+    if git.ok("rev-parse", "--verify", "-q", "HEAD"):
+        git.run("reset", "-q", "--hard", "HEAD", check=False)
+
+
 def message(url: str, changes: Changes, *, first: bool) -> str:
     """The commit message: what changed, with the paths (the first ``SHOWN`` of each kind)."""
     if first:

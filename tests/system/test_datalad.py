@@ -190,6 +190,14 @@ def test_a_clone_autoenables_the_remote_and_addurl_and_addurls_take_xnat_urls(ma
     dicom = next(p for p in truth.files if p.endswith("/0002.dcm"))
     made.run("git", "annex", "addurl", "--file", "extra.dcm", f"xnat://{dicom}", cwd=clone)
     assert (clone / "extra.dcm").read_bytes() == truth.read(dicom)
+    archive = made.emu.archive  # a file of several chunks, in a project no other test lists
+    subject = archive.add_subject(archive.add_project("BIG"), "S1")
+    scan = archive.add_scan(archive.add_experiment(subject, "E1"), "1", "T1w")
+    big = archive.add_resource(scan, "NIFTI").add_file(
+        "t1.nii", SyntheticContent(seed=8, size=5 * (1 << 20) + 77, mtime=1.7e9))
+    made.run("git", "annex", "addurl", "--file", "big.nii",
+             "xnat://BIG/S1/E1/scans/1-T1w/resources/NIFTI/files/t1.nii", cwd=clone)
+    assert (clone / "big.nii").read_bytes() == big.read()
     table = tmp_path / "urls.csv"
     table.write_text(f"url,name\nxnat://{nifti},mine/t1.nii.gz\n")
     made.run("datalad", "addurls", str(table), "{url}", "{name}", cwd=clone)
@@ -253,7 +261,7 @@ def test_a_rerun_commits_new_changed_and_gone_files(made: Made) -> None:
     proc = made.xnatfs("datalad", made.emu.url, "PROJ01", "-o", str(made.root))
     assert made.emu.log.count(kind="file") == 0
     assert "1 new, 2 changed, 1 gone" in proc.stdout
-    truth = Oracle.of(made.emu, user="alice").files
+    truth = Oracle.of(made.emu, "PROJ01", user="alice").files
     after = annexed(made)
     assert after == {path: key_of(f) for path, f in truth.items()}
     by_uri = {f.uri: p for p, f in truth.items()}

@@ -112,12 +112,14 @@ class XnatRemote(SpecialRemote):
         handle = archive.open(file)
         try:
             with open(filename, "wb") as out:
-                for start in range(0, size, step):
-                    data = archive.read(handle, start, min(start + step, size))
+                done = 0
+                while done < size:
+                    data = archive.read(handle, done, min(done + step, size))
                     if not data:
-                        raise RemoteError(f"{url}: the server sent {start} of {size} bytes")
+                        raise RemoteError(f"{url}: the server sent {done} of {size} bytes")
                     out.write(data)
-                    self.annex.progress(start + len(data))
+                    done += len(data)
+                    self.annex.progress(done)
         finally:
             handle.close()
 
@@ -167,18 +169,26 @@ class XnatRemote(SpecialRemote):
         return [u for u in self.annex.geturls(key, SCHEME) if u.startswith(SCHEME)]
 
     def _file_of(self, key: str) -> tuple[str, RemoteFile | None]:
-        """The key's URL and the server's file at its tree path (None: not there)."""
+        """A URL of the key and the server's file there (None: not there). Files of equal
+        content share a key, so a key may have several URLs: the first whose file still holds
+        the key's content wins, else the first that has a file, else the first URL."""
         urls = self._urls(key)
         if not urls:
             raise RemoteError(f"no xnat:// URL is recorded for {key}")
         tree = self.archive().tree
-        try:
-            node = tree.lookup(tree_path(urls[0]))
-        except NotFound:
-            return urls[0], None
-        if node.is_dir:
-            return urls[0], None
-        return urls[0], tree.resolve(node)
+        seen: list[tuple[str, RemoteFile]] = []
+        for url in urls:
+            try:
+                node = tree.lookup(tree_path(url))
+            except NotFound:
+                continue
+            if node.is_dir:
+                continue
+            file = tree.resolve(node)
+            if matches(key, file):
+                return url, file
+            seen.append((url, file))
+        return seen[0] if seen else (urls[0], None)
 
     def archive(self) -> Archive:
         """The logged-in archive, made once per process (git-annex keeps one per job). A

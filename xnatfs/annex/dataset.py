@@ -139,25 +139,34 @@ def apply(git: Git, changes: Changes, remote_uuid: str) -> None:
     adding = {**changes.new, **changes.changed}
     if not adding:
         return
+    top = git.root.resolve()
+    for folder in sorted({(git.root / p).parent for p in adding}):
+        folder.mkdir(parents=True, exist_ok=True)
+        if folder.resolve() != top and top not in folder.resolve().parents:
+            raise UsageError(f"refusing to write outside {git.root}: {folder} is a link")
     for path in adding:
-        if "\n" in path or path.startswith((".git/", ".datalad/")) or path == ".gitattributes":
+        if "\n" in path or path.startswith((".git/", ".datalad/")):
             raise UsageError(f"cannot hold {path!r} in a dataset")
-        (git.root / path).parent.mkdir(parents=True, exist_ok=True)
     keys = sorted({w.key for w in adding.values()})
     record(git, remote_uuid, {w.key: w.url for w in adding.values()})
     found = git.batch(["annex", "examinekey", "--batch", "--format=${objectpath}\n"], keys)
     objects = dict(zip(keys, found.decode().splitlines(), strict=True))
     for path, want in adding.items():
-        os.symlink("../" * path.count("/") + objects[want.key], git.root / path)
+        try:
+            os.symlink("../" * path.count("/") + objects[want.key], git.root / path)
+        except FileExistsError:
+            raise UsageError(f"{git.root / path} is in the way (a file git does not track): "
+                             "move it, then run again") from None
     data = b"".join(os.fsencode(p) + b"\0" for p in adding)
     git.run("add", "--pathspec-from-file=-", "--pathspec-file-nul", input=data)
+
 
 def roll_back(git: Git, changes: Changes) -> None:
     """After a failed ``apply``: the index and the links as HEAD has them. Only our own
     links are touched (the work tree was clean when the run began)."""
-    for path in changes.new:
+    for path, want in changes.new.items():
         link = git.root / path
-        if link.is_symlink():
+        if link.is_symlink() and os.readlink(link).endswith("/" + want.key):
             link.unlink()
     if git.ok("rev-parse", "--verify", "-q", "HEAD"):
         git.run("reset", "-q", "--hard", "HEAD", check=False)

@@ -257,6 +257,15 @@ def test_a_rerun_commits_new_changed_and_gone_files(made: Made) -> None:
     made.run("git", "annex", "drop", "--force", stale)  # the xnat remote no longer has it
     old = made.run("git", "annex", "get", stale, check=False)  # the key is the old content
     assert old.returncode != 0 and "changed on" in old.stdout + old.stderr
+    in_the_way = made.root / Path(stale).parent / "0099.dcm"  # where the new file goes
+    in_the_way.write_text("mine")
+    refused = made.xnatfs("datalad", made.emu.url, "PROJ01", "-o", str(made.root), check=False)
+    assert refused.returncode == 2 and "is in the way" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert annexed(made) == before and in_the_way.read_text() == "mine"  # rolled back
+    assert made.run("git", "status", "--porcelain").stdout == "?? " + str(
+        in_the_way.relative_to(made.root)) + "\n"
+    in_the_way.unlink()
     made.emu.log.clear()
     proc = made.xnatfs("datalad", made.emu.url, "PROJ01", "-o", str(made.root))
     assert made.emu.log.count(kind="file") == 0

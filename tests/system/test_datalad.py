@@ -198,6 +198,10 @@ def test_a_clone_autoenables_the_remote_and_addurl_and_addurls_take_xnat_urls(ma
     made.run("git", "annex", "addurl", "--file", "big.nii",
              "xnat://BIG/S1/E1/scans/1-T1w/resources/NIFTI/files/t1.nii", cwd=clone)
     assert (clone / "big.nii").read_bytes() == big.read()
+    (clone / "own.txt").write_text("my notes")
+    made.run("git", "annex", "add", "own.txt", cwd=clone)
+    store = made.run("git", "annex", "copy", "--to", "xnat", "own.txt", cwd=clone, check=False)
+    assert store.returncode != 0 and "the xnat remote is read-only" in store.stdout + store.stderr
     table = tmp_path / "urls.csv"
     table.write_text(f"url,name\nxnat://{nifti},mine/t1.nii.gz\n")
     made.run("datalad", "addurls", str(table), "{url}", "{name}", cwd=clone)

@@ -220,13 +220,16 @@ def test_bad_input_is_one_line_and_writes_nothing(made: Made, tmp_path: Path) ->
         (("datalad", url.replace("://", "://alice:x@"), "PROJ01", "-o", str(tmp_path / "c")),
          2, "not in the URL"),
         (("datalad", url, "PROJ01", "-o", str(made.root / ".datalad")), 2, "not empty"),
+        (("datalad", url, "PROJ01", "-o", str(tmp_path / "f" / "ds")), 1, "f/ds"),
     ]
+    (tmp_path / "f").write_text("a file, not a folder")
     for args, code, words in cases:
         proc = made.xnatfs(*args, check=False)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == code and len(lines) == 1 and words in lines[0], proc.stderr
         assert PASSWORD not in proc.stderr
     assert not any((tmp_path / n).exists() for n in "abc")
+    assert (tmp_path / "f").read_text() == "a file, not a folder"
 
 
 def test_readme_example_runs(made: Made, tmp_path: Path) -> None:

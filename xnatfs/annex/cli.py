@@ -54,6 +54,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The command; a failure of the local disk (permissions, a full disk) is one line too."""
+    try:
+        return _run(args)
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise XnatfsError(f"cannot write the dataset:{where}: {exc.strerror or exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
     from xnatfs.annex import dataset
     from xnatfs.archive import Archive
 

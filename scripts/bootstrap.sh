@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up xnatfs on a fresh Debian/Ubuntu machine, then run the demo or the test suite.
 #   scripts/bootstrap.sh demo    # emulator + mount, prints what to try
-#   scripts/bootstrap.sh test    # ruff + the whole pytest suite (real FUSE mounts)
+#   scripts/bootstrap.sh test    # ruff + the whole pytest suite (real FUSE mounts, real git-annex)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-demo}
@@ -14,6 +14,7 @@ command -v fusermount3 >/dev/null || missing+=(fuse3)
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3' || missing+=(libfuse3-3)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 command -v curl >/dev/null || missing+=(curl)
+command -v git-annex >/dev/null || missing+=(git-annex)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "bootstrap: installing ${missing[*]}" >&2
     as_root apt-get update -qq

@@ -259,11 +259,18 @@ class XnatFileSystem(AbstractFileSystem):
     def modified(self, path: str) -> datetime:
         return datetime.fromtimestamp(self._lookup(self._strip_protocol(path)).mtime, UTC)
 
-    def checksum(self, path: str) -> int:
-        """Changes whenever the server's copy does (its listed size and MD5)."""
+    def ukey(self, path: str) -> str:
+        """The content's identity, XNAT's MD5 (so a copy elsewhere with the same bytes has the
+        same key, and a replaced file a new one, whatever its name); for a file the server
+        lists without an MD5, a hash of its URI, size and version as the listing states them."""
         file = self._file(self._strip_protocol(path))
-        digest = hashlib.sha256(f"{file.uri}\0{file.version}".encode()).digest()
-        return int.from_bytes(digest[:8], "big")
+        if file.digest:
+            return file.digest.lower()
+        return hashlib.sha256(f"{file.uri}\0{file.version}".encode()).hexdigest()
+
+    def checksum(self, path: str) -> int:
+        """``ukey`` as the integer fsspec's caches compare: from the MD5 where XNAT has one."""
+        return int(self.ukey(path)[:16], 16)
 
     def invalidate_cache(self, path: str | None = None) -> None:
         """Listings expire after ``ttl`` seconds, as in the mount."""

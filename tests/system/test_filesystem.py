@@ -410,3 +410,24 @@ def test_one_cache_with_the_mount(make_emulator: Callable[..., Emulator], big_ar
     before = file_requests(emulator)
     assert fs.cat_file(small) == on_mount
     assert file_requests(emulator) == before
+
+
+def test_ukey_and_checksum_are_the_contents_md5_not_its_name(
+        make_emulator: Callable[..., Emulator], tmp_path: Path) -> None:
+    archive = Archive()
+    subject = archive.add_subject(archive.add_project("K"), "S1")
+    files = archive.add_resource(archive.add_scan(archive.add_experiment(subject, "E1"), "1",
+                                                  "T1w"), "NIFTI")
+    for name, seed in (("a.nii", 1), ("copy_of_a.nii", 1), ("b.nii", 2)):
+        files.add_file(name, SyntheticContent(seed=seed, size=3000, mtime=0.0))
+    emulator = make_emulator(archive)
+    fs = connect(emulator, tmp_path)
+    folder = "K/S1/E1/scans/1-T1w/resources/NIFTI/files"
+    a, copy, b = (f"{folder}/{n}" for n in ("a.nii", "copy_of_a.nii", "b.nii"))
+    md5 = hashlib.md5(files.files[0].read()).hexdigest()
+    assert fs.ukey(a) == fs.ukey(copy) == md5 == fs.info(a)["md5"]
+    assert fs.checksum(a) == fs.checksum(copy) == int(md5[:16], 16)
+    assert fs.ukey(b) != fs.ukey(a) and fs.checksum(b) != fs.checksum(a)
+    files.replace_file("a.nii", SyntheticContent(seed=3, size=3000, mtime=3600.0))
+    fresh = connect(emulator, tmp_path / "later")  # listings of its own, listed now
+    assert fresh.ukey(a) == hashlib.md5(files.files[0].read()).hexdigest() != md5

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse, read_outcomes
+from tests.support.mount import QUICK_PAUSES, Mount, needs_fuse, read_outcomes
 from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.pages import login_page
@@ -32,6 +32,7 @@ from xnatfs.cli import main
 from xnatfs.materialize import engine, plan
 from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
+from xnatfs.xnat import retry
 
 USERS = {"alice": "secret"}
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=3, dicom_size=5000,
@@ -242,9 +243,11 @@ def rig(archive: Archive, monkeypatch) -> Iterator[Callable[[Fault], Rig]]:
     made: list[tuple[Emulator, Tamper]] = []
     monkeypatch.setenv("XNAT_USER", "alice")
     monkeypatch.setenv("XNAT_PASS", "secret")
-    # The pause before retrying failed files (5 s, then 15 s) is for real outages.
+    # The pause before retrying failed files (5 s, then 15 s) is for real outages; so are the
+    # pauses between the tries of one request (a tenth of them here, as in the mounts).
     monkeypatch.setattr(engine, "Options", functools.partial(engine.Options, retry_pause=0.2))
     monkeypatch.setattr(plan, "LISTING_RETRY_PAUSES", (0.1, 0.2))
+    monkeypatch.setattr(retry, "PAUSES", QUICK_PAUSES)
 
     def make(fault: Fault) -> Rig:
         emu = Emulator(archive, EmulatorConfig(seed=7), users=USERS)

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse, read_outcomes
+from tests.support.mount import QUICK_PAUSES, Mount, needs_fuse, read_outcomes
 from tests.support.oracle import Oracle
 from tests.system import test_faults
 from tests.system.test_faults import Fault, assert_materialized, logins, materialize, victim
@@ -31,6 +31,7 @@ from xnatfs.cli import main
 from xnatfs.errors import AuthError
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import Tree
+from xnatfs.xnat import retry
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials
 
@@ -302,6 +303,7 @@ def test_hostile_dataset_reads_right_under_combined_faults(
         assert hashlib.md5(got).hexdigest() == hashlib.md5(want.read(path)).hexdigest(), path
     monkeypatch.setenv("XNAT_USER", "alice")
     monkeypatch.setenv("XNAT_PASS", "secret")
+    monkeypatch.setattr(retry, "PAUSES", QUICK_PAUSES)  # as the mount's (the same tries)
     code, summary, err = materialize(capsys, emu.url, tmp_path / "out", "--timeout", "2")
     assert {f["path"] for f in summary["failures"]} == missing, err
     assert code == (1 if missing else 0)

@@ -375,7 +375,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace"))
         if head or response.status == 304:
             return
-        buckets = [self.server.emulator._bandwidth, self.conn_bucket]
+        paced = self.server.emulator.config.bandwidth_kinds
+        buckets = [self.server.emulator._bandwidth, self.conn_bucket] \
+            if paced is None or response.kind in paced else []
         writer = BodyWriter(self.connection, record, plan, buckets, self.server.emulator._stopping,
                             chunked)
         if response.content is not None:

@@ -82,7 +82,7 @@ class Mount:
         env = {**os.environ, "XNAT_PASS": PASSWORD[self.user]}
         run = ["-m", "xnatfs"] if self.pauses is None and self.probe is None else [
             QUICK_RETRIES, "-" if self.pauses is None else ",".join(map(str, self.pauses)),
-            "-" if self.probe is None else str(self.probe)]
+            "-" if self.probe is None else str(self.probe), "-"]
         cmd = [sys.executable, *run, "-v", "mount", self.url, self.path,
                "-u", self.user, "--cache-dir", self.cache_dir, "-f", *self.args]
         with open(self.log, "wb") as log:

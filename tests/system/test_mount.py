@@ -194,6 +194,7 @@ def test_concurrent_readers_of_one_chunk_share_one_fetch(
         mount: Callable[..., Mount], oracle: Callable[..., Oracle]) -> None:
     emu = make_emulator(big_archive)
     path, content = big_file(mount(emu), oracle(emu))
+    os.stat(path)  # the listings down to the file, before the latency: it is for the chunk
     emu.config.latency = 0.5
     emu.log.clear()
     results: dict[int, bytes] = {}

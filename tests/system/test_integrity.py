@@ -293,7 +293,7 @@ def test_hostile_dataset_reads_right_under_combined_faults(
     emu: Emulator = make_emulator(hostile_archive)
     want: Oracle = oracle(emu)
     emu.config = EmulatorConfig(seed=11, error_rate=0.2, reset_rate=0.1, truncate_rate=0.1,
-                                stall_rate=0.05, stall_seconds=0.5, login_page_rate=0.1,
+                                stall_rate=0.05, stall_seconds=0.25, login_page_rate=0.1,
                                 shift_rate=0.2, fault_streak=3)
     missing = {p for p in want.files if want.files[p].missing}  # listed, but 404
     m = mount(emu, "--timeout", "2")

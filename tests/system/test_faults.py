@@ -76,6 +76,9 @@ class Tamper:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without TCP_NODELAY the body waited for
+            # the client's delayed ACK of the headers (up to 40 ms), as the emulator's never do.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -124,7 +124,8 @@ class Tamper:
                 pass  # an upstream fault cut this answer: the client sees a dropped connection
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
+                         daemon=True).start()  # stop() waits up to one poll interval
         return self
 
     def stop(self) -> None:

@@ -22,6 +22,9 @@ class EmulatorConfig:
     """Aggregate body bytes/s across all connections (None: unlimited)."""
     conn_bandwidth: float | None = None
     """Body bytes/s per connection (None: unlimited)."""
+    bandwidth_kinds: frozenset[str] | None = None
+    """Kinds of answer (``Record.kind``, e.g. ``{"file"}``) the two bandwidth limits pace; the
+    others go at full speed. None: every body."""
     range_enabled: bool = True
     """False: Range is ignored and the full body comes back with 200."""
     error_rate: float = 0.0

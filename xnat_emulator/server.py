@@ -86,7 +86,9 @@ class Emulator:
         server = _Server((self.host, self.port if port is None else port), self)
         self.port = server.server_address[1]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
+        # stop() waits for the serving loop to see the shutdown, up to one poll interval: a
+        # test suite stops hundreds of emulators.
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
                                         name=f"xnat-emulator:{self.port}", daemon=True)
         self._thread.start()
         return self.url
@@ -375,7 +377,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace"))
         if head or response.status == 304:
             return
-        buckets = [self.server.emulator._bandwidth, self.conn_bucket]
+        paced = self.server.emulator.config.bandwidth_kinds
+        buckets = [self.server.emulator._bandwidth, self.conn_bucket] \
+            if paced is None or response.kind in paced else []
         writer = BodyWriter(self.connection, record, plan, buckets, self.server.emulator._stopping,
                             chunked)
         if response.content is not None:

@@ -28,6 +28,7 @@ from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
 from xnatfs.tree.model import RemoteFile, Tree
 from xnatfs.tree.stash import Stash
+from xnatfs.xnat import retry
 from xnatfs.xnat.client import GRACE, XnatClient
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class Archive:
             raise XnatfsError(f"cannot use the cache folder {exc.filename or cache_dir}: "
                               f"{exc.strerror or exc}") from None
         fetcher = Fetcher(client, chunks, chunks.chunk_size if chunks else CHUNK_SIZE,
-                          max_parallel=max_parallel,
+                          max_parallel=max_parallel, pauses=retry.PAUSES,
                           deadline=client.timeout[1] + GRACE if deadline is None else deadline)
         kept = Stash(chunks, client.base_url, client.credentials.user) \
             if stash and chunks is not None else None

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+import urllib3
 
 from xnat_emulator import Archive, Emulator, File
 
@@ -86,6 +87,19 @@ def test_bandwidth_is_live(emulator: Emulator, login: Any, small_archive: Archiv
     start = time.monotonic()
     api.get(f.uri)
     assert throttled > 0.2 and time.monotonic() - start < throttled / 2
+
+
+def test_bandwidth_kinds_leave_other_answers_unpaced(make_emulator: Any, login: Any,
+                                                    small_archive: Archive) -> None:
+    f = nifti(small_archive)
+    emulator = make_emulator(bandwidth=1.0, conn_bandwidth=1.0,
+                             bandwidth_kinds=frozenset({"file"}))  # a byte a second
+    api = login(emulator)
+    listing = api.get("/data/projects", params={"format": "json"}, timeout=30)  # not paced
+    assert listing.status_code == 200 and len(listing.content) > 100
+    assert api.head(f.uri, timeout=30).status_code == 200  # no body: never paced
+    with pytest.raises(urllib3.exceptions.ReadTimeoutError):  # a file body is paced
+        api.get(f.uri, timeout=(5, 1), stream=True).raw.read(10_000)
 
 
 def test_error_rate_is_seeded(make_emulator: Any, login: Any) -> None:

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.support.mount import QUICK_PAUSES
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.content import SyntheticContent
 from xnatfs.errors import (
@@ -22,6 +23,7 @@ from xnatfs.errors import (
     TransferError,
     XnatfsError,
 )
+from xnatfs.xnat import retry
 from xnatfs.xnat.client import MAX_DROPPED, MAX_LOST, XnatClient, encode_path
 from xnatfs.xnat.credentials import Credentials
 from xnatfs.xnat.retry import MAX_TRIES, Attempts
@@ -251,8 +253,9 @@ def _big(archive):
     return max(_some_files(archive, 1000), key=lambda f: f.size)
 
 
-def test_a_file_whose_every_get_fails_costs_four_gets(emu, archive):
+def test_a_file_whose_every_get_fails_costs_four_gets(emu, archive, monkeypatch):
     """The header phase is tried at most four times in all, whoever asks."""
+    monkeypatch.setattr(retry, "PAUSES", QUICK_PAUSES)  # tries are counted, not waited for
     big = _big(archive)
     emu.config.fault_kinds = frozenset({"file"})
     with client_for(emu) as client:

@@ -14,8 +14,10 @@
 * ``login(emulator, user="alice")`` (a fixture returning a function): a ``requests.Session``
   with Basic credentials (none for ``user=None``) whose relative URLs (``"/data/projects"``)
   go to the emulator.
-* ``mount(emulator, *args, cache_dir=None, user="alice")``: a live ``xnatfs mount -f``
-  (``tests.support.mount.Mount``), unmounted at teardown.
+* ``mount(emulator, *args, cache_dir=None, user="alice", pauses=QUICK_PAUSES, probe=None)``:
+  a live ``xnatfs mount -f`` (``tests.support.mount.Mount``), unmounted at teardown; it pauses
+  a tenth of the product's time between the tries of a request (``pauses=None``: the
+  product's own); ``probe``: seconds between its tries of a server that is away.
 * ``oracle(emulator, user="alice")``: ``Oracle.of`` (``tests.support.oracle``).
 """
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support.mount import Mount
+from tests.support.mount import QUICK_PAUSES, Mount
 from tests.support.oracle import PASSWORD, Oracle
 from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 
@@ -115,10 +117,12 @@ def mount(tmp_path: Path) -> Iterator[Callable[..., Mount]]:
     started: list[Mount] = []
 
     def make(emulator: Emulator, *args: str, cache_dir: str | None = None,
-             user: str = "alice") -> Mount:
+             user: str = "alice", pauses: tuple[float, ...] | None = QUICK_PAUSES,
+             probe: float | None = None) -> Mount:
         point = tmp_path / f"mnt{len(started)}"
         point.mkdir()
-        m = Mount(emulator.url, str(point), cache_dir or str(tmp_path / "cache"), args, user)
+        m = Mount(emulator.url, str(point), cache_dir or str(tmp_path / "cache"), args, user,
+                  pauses, probe)
         started.append(m)
         return m.start()
 

@@ -1,5 +1,11 @@
 """Real FUSE mounts for the tests: ``xnatfs mount -f`` in a child process against an emulator,
 always unmounted at teardown (the ``mount`` fixture in ``tests.support.fixtures``).
+
+A ``Mount`` with ``pauses`` runs with those pauses between the tries of one request, and one
+with ``probe`` tries a server that is away that often (``tests/support/quick_retries.py``),
+instead of the product's; the ``mount`` fixture gives every mount ``QUICK_PAUSES`` unless a
+test asks for the product's own (``pauses=None``), as a test that bounds how long a call may
+take should.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from tests.support.oracle import PASSWORD, Oracle
 from xnatfs.mount.host import is_mounted
 
 FUSERMOUNT = shutil.which("fusermount3") or shutil.which("fusermount")
+QUICK_PAUSES = (0.01, 0.03, 0.09)  # a tenth of the product's: the same tries, less sleep
+QUICK_RETRIES = str(Path(__file__).with_name("quick_retries.py"))
 needs_fuse = pytest.mark.skipif(
     not (os.path.exists("/dev/fuse") and FUSERMOUNT), reason="needs /dev/fuse and fusermount3")
 
@@ -63,12 +71,19 @@ class Mount:
     cache_dir: str
     args: tuple[str, ...] = ()
     user: str = "alice"
+    pauses: tuple[float, ...] | None = None
+    """Seconds between the tries of one request; None: the product's own."""
+    probe: float | None = None
+    """Seconds between the tree's tries of a server that is away; None: the product's own."""
     process: subprocess.Popen[bytes] | None = None
     log: Path = field(default_factory=lambda: Path(tempfile.mktemp(suffix=".log")))
 
     def start(self) -> Mount:
         env = {**os.environ, "XNAT_PASS": PASSWORD[self.user]}
-        cmd = [sys.executable, "-m", "xnatfs", "-v", "mount", self.url, self.path,
+        run = ["-m", "xnatfs"] if self.pauses is None and self.probe is None else [
+            QUICK_RETRIES, "-" if self.pauses is None else ",".join(map(str, self.pauses)),
+            "-" if self.probe is None else str(self.probe), "-"]
+        cmd = [sys.executable, *run, "-v", "mount", self.url, self.path,
                "-u", self.user, "--cache-dir", self.cache_dir, "-f", *self.args]
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(cmd, env=env, stderr=log, stdout=log)

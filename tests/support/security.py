@@ -112,6 +112,8 @@ def tls_proxy(target: tuple[str, int], cert: str, key: str) -> tuple[int, Callab
             raw.close()
             return
         upstream = socket.create_connection(target)
+        for s in (tls, upstream):  # pieces go on as they come, as the emulator sends them
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=pipe, args=(upstream, tls), daemon=True).start()
         pipe(tls, upstream)
 

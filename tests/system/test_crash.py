@@ -86,6 +86,9 @@ def test_sigkill_at_ten_random_moments_then_rerun(tmp_path: Path) -> None:
                     proc.send_signal(signal.SIGKILL)
                     kills += 1
                 proc.wait()
+            # The bandwidth limit is there to put the kills mid-run; the rerun that completes
+            # needs none, and reads on at full speed (what it fetches is counted, not timed).
+            emu.config.bandwidth = None
             final = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60,
                                    check=False)
         finally:

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse, read_outcomes
+from tests.support.mount import QUICK_PAUSES, Mount, needs_fuse, read_outcomes
 from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Archive, Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnat_emulator.pages import login_page
@@ -32,6 +32,7 @@ from xnatfs.cli import main
 from xnatfs.materialize import engine, plan
 from xnatfs.materialize.output import PART_SUFFIX
 from xnatfs.reader.chunkcache import CHUNK_SIZE
+from xnatfs.xnat import retry
 
 USERS = {"alice": "secret"}
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=3, dicom_size=5000,
@@ -75,6 +76,9 @@ class Tamper:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in two writes: without TCP_NODELAY the body waited for
+            # the client's delayed ACK of the headers (up to 40 ms), as the emulator's never do.
+            disable_nagle_algorithm = True
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -120,7 +124,8 @@ class Tamper:
                 pass  # an upstream fault cut this answer: the client sees a dropped connection
 
         self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
+                         daemon=True).start()  # stop() waits up to one poll interval
         return self
 
     def stop(self) -> None:
@@ -242,9 +247,11 @@ def rig(archive: Archive, monkeypatch) -> Iterator[Callable[[Fault], Rig]]:
     made: list[tuple[Emulator, Tamper]] = []
     monkeypatch.setenv("XNAT_USER", "alice")
     monkeypatch.setenv("XNAT_PASS", "secret")
-    # The pause before retrying failed files (5 s, then 15 s) is for real outages.
+    # The pause before retrying failed files (5 s, then 15 s) is for real outages; so are the
+    # pauses between the tries of one request (a tenth of them here, as in the mounts).
     monkeypatch.setattr(engine, "Options", functools.partial(engine.Options, retry_pause=0.2))
     monkeypatch.setattr(plan, "LISTING_RETRY_PAUSES", (0.1, 0.2))
+    monkeypatch.setattr(retry, "PAUSES", QUICK_PAUSES)
 
     def make(fault: Fault) -> Rig:
         emu = Emulator(archive, EmulatorConfig(seed=7), users=USERS)
@@ -310,6 +317,7 @@ def test_materialize_under_fault(name: str, rig, capsys, tmp_path: Path) -> None
 
 
 MOUNT_CELLS = [n for n in CELLS if n not in ("digest mismatch", "Size wrong, big file")]
+MOUNT_TTL = 0.5  # seconds the mount keeps a listing: the tampered ones are gone after it
 
 
 @needs_fuse
@@ -318,7 +326,10 @@ MOUNT_CELLS = [n for n in CELLS if n not in ("digest mismatch", "Size wrong, big
 def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path: Path) -> None:
     fault = CELLS[name]
     emu, url, oracle, tamper = rig(fault)
-    m = mount(SimpleNamespace(url=url), "--timeout", fault.timeout, "--ttl", "1")
+    # A tampered listing must expire before the check that follows the fault; the other cells
+    # never wait for a listing to expire, and keep it for a second.
+    ttl = MOUNT_TTL if fault.rule is not None else 1.0
+    m = mount(SimpleNamespace(url=url), "--timeout", fault.timeout, "--ttl", str(ttl))
     lost = fault.lost(oracle) if fault.lost else set()
     outcome = read_outcomes(m, oracle)
     allowed = {"ok", "EIO"} | ({"ENOENT"} if "404" in name else set())
@@ -332,7 +343,7 @@ def test_mount_under_fault(name: str, rig, mount: Callable[..., Mount], tmp_path
     emu.config = EmulatorConfig()
     tamper.rule = None
     if fault.rule is not None:
-        time.sleep(1.2)  # the listings' TTL
+        time.sleep(ttl + 0.2)  # the listings' TTL
     for path in oracle.files:
         assert (m / path).read_bytes() == oracle.read(path), path
     assert "Traceback" not in m.log.read_text()

@@ -21,12 +21,13 @@ import fsspec
 import pytest
 from fsspec.spec import AbstractFileSystem
 
-from tests.support.mount import Mount, needs_fuse
+from tests.support.mount import QUICK_PAUSES, Mount, needs_fuse
 from xnat_emulator import Archive, Emulator, SyntheticSpec, synthetic_archive
 from xnat_emulator.content import DiskContent, SyntheticContent
 from xnatfs.filesystem import XnatFileSystem
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import RemoteFile
+from xnatfs.xnat import retry
 
 MiB = 1 << 20
 CHUNK = 4 * MiB
@@ -219,6 +220,7 @@ def test_writes_are_refused(emulator: Emulator, tmp_path: Path) -> None:
 def test_errors_are_real_failures_and_name_no_secret(emulator: Emulator, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused credentials and an unreachable server raise; they are never 'not found'."""
+    monkeypatch.setattr(retry, "PAUSES", QUICK_PAUSES)  # the same tries of the dead server
     refused = connect(emulator, tmp_path, password="wrong-Pa55")
     with pytest.raises(PermissionError, match="login refused") as info:
         refused.ls("")

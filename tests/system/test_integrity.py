@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse, read_outcomes
+from tests.support.mount import QUICK_PAUSES, Mount, needs_fuse, read_outcomes
 from tests.support.oracle import Oracle
 from tests.system import test_faults
 from tests.system.test_faults import Fault, assert_materialized, logins, materialize, victim
@@ -31,6 +31,7 @@ from xnatfs.cli import main
 from xnatfs.errors import AuthError
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
 from xnatfs.tree.model import Tree
+from xnatfs.xnat import retry
 from xnatfs.xnat.client import XnatClient
 from xnatfs.xnat.credentials import Credentials
 
@@ -152,12 +153,15 @@ def test_two_login_pages_in_a_row_do_not_lock_the_client_out(rig) -> None:
 def test_hung_server_gives_eio_within_the_timeout_and_the_mount_recovers(
         rig, mount: Callable[..., Mount]) -> None:
     emu, url, oracle, _ = rig(Fault())
-    m = mount(SimpleNamespace(url=url), "--timeout", "2", "--ttl", "1")
+    timeout, ttl = 1, 0.5
+    # The product's own pauses between tries: the bound below is on its retry schedule.
+    m = mount(SimpleNamespace(url=url), "--timeout", str(timeout), "--ttl", str(ttl),
+              pauses=None)
     paths = sorted(oracle.files)
     first = m / paths[0]
     assert first.read_bytes() == oracle.read(paths[0])
     handle = open(m / paths[-1], "rb")  # noqa: SIM115 - held across the outage
-    time.sleep(1.1)  # the listings' TTL: the next lookups must ask the server
+    time.sleep(ttl + 0.1)  # the listings' TTL: the next lookups must ask the server
     emu.freeze()
     opened: list[int] = []
 
@@ -176,7 +180,7 @@ def test_hung_server_gives_eio_within_the_timeout_and_the_mount_recovers(
             except OSError as exc:
                 assert exc.errno == errno.EIO
             calls = 2 if probe is read_one and opened else 1
-            assert time.monotonic() - started < calls * 3 * (2 + 1)
+            assert time.monotonic() - started < calls * 3 * (timeout + 1)
         started = time.monotonic()
         os.fstat(handle.fileno())  # an open file's attributes never wait on the server
         assert time.monotonic() - started < 1
@@ -289,7 +293,7 @@ def test_hostile_dataset_reads_right_under_combined_faults(
     emu: Emulator = make_emulator(hostile_archive)
     want: Oracle = oracle(emu)
     emu.config = EmulatorConfig(seed=11, error_rate=0.2, reset_rate=0.1, truncate_rate=0.1,
-                                stall_rate=0.05, stall_seconds=0.5, login_page_rate=0.1,
+                                stall_rate=0.05, stall_seconds=0.25, login_page_rate=0.1,
                                 shift_rate=0.2, fault_streak=3)
     missing = {p for p in want.files if want.files[p].missing}  # listed, but 404
     m = mount(emu, "--timeout", "2")
@@ -301,6 +305,7 @@ def test_hostile_dataset_reads_right_under_combined_faults(
         assert hashlib.md5(got).hexdigest() == hashlib.md5(want.read(path)).hexdigest(), path
     monkeypatch.setenv("XNAT_USER", "alice")
     monkeypatch.setenv("XNAT_PASS", "secret")
+    monkeypatch.setattr(retry, "PAUSES", QUICK_PAUSES)  # as the mount's (the same tries)
     code, summary, err = materialize(capsys, emu.url, tmp_path / "out", "--timeout", "2")
     assert {f["path"] for f in summary["failures"]} == missing, err
     assert code == (1 if missing else 0)

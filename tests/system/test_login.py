@@ -186,8 +186,9 @@ def test_a_token_near_expiry_is_renewed_and_logout_revokes_both(
 
 
 def test_a_long_run_renews_its_token_while_it_runs(make_emulator: Any, home: Path) -> None:
-    # A 4-second token is due for renewal after 2 s, half its lifetime.
-    emulator = make_emulator(users={"alice": PASSWORD}, token_lifetime=4.0)
+    # A 2-second token is due for renewal after 1 s, half its lifetime; the renewed one 1 s
+    # later, when the keeper finds the logout.
+    emulator = make_emulator(users={"alice": PASSWORD}, token_lifetime=2.0)
     with XnatClient(emulator.url, resolve_credentials(emulator.url, "alice", env={
             "XNAT_PASS": PASSWORD})) as client:
         client.login()

@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support.mount import QUICK_PAUSES
 from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Emulator, SyntheticSpec, synthetic_archive
 from xnat_emulator.archive import Access
@@ -25,6 +26,7 @@ from xnat_emulator.content import SyntheticContent
 from xnatfs.cli import main
 from xnatfs.materialize.manifest import read_entries
 from xnatfs.materialize.output import PART_SUFFIX
+from xnatfs.xnat import retry
 
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=3, dicom_size=3000,
                      niftis=0, assessors=0, session_resources=0, subject_resources=0,
@@ -221,6 +223,9 @@ def test_two_concurrent_runs_into_one_folder_both_succeed(emu, tmp_path):
     that a busy machine starting the second late cannot find the first finished already."""
     out = tmp_path / "out"
     emu.config.bandwidth = 5e3  # seconds per file, and little debt left once lifted
+    # Only the files crawl: the second run's listings, which come before it finds the lock
+    # taken, queued behind the first's file pieces for seconds.
+    emu.config.bandwidth_kinds = frozenset({"file"})
     cmd = [sys.executable, "-m", "xnatfs", "materialize", emu.url, "PROJ01", "-o", str(out),
            "-j", "4"]
 
@@ -272,6 +277,7 @@ def test_no_output_folder_is_left_by_a_run_that_does_nothing(emu, capsys, tmp_pa
                                                              monkeypatch, case):
     out = tmp_path / "out"
     url, argv = emu.url, ["PROJ01"]
+    monkeypatch.setattr(retry, "PAUSES", QUICK_PAUSES)  # the same tries of the dead server
     if case == "refused login":
         monkeypatch.setenv("XNAT_PASS", "wrong")
     elif case == "dead server":

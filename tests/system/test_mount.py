@@ -169,7 +169,8 @@ def test_killed_server_gives_eio_in_bounded_time_then_recovers(
         make_emulator: Callable[..., Emulator], big_archive: Archive,
         mount: Callable[..., Mount], oracle: Callable[..., Oracle]) -> None:
     emu = make_emulator(big_archive)
-    m, o = mount(emu, "--timeout", "3"), oracle(emu)
+    # The product's own pauses between tries: no reader may wait out their whole schedule.
+    m, o = mount(emu, "--timeout", "3", pauses=None), oracle(emu)
     path, content = big_file(m, o)
     os.stat(path)
     emu.stop()
@@ -193,6 +194,7 @@ def test_concurrent_readers_of_one_chunk_share_one_fetch(
         mount: Callable[..., Mount], oracle: Callable[..., Oracle]) -> None:
     emu = make_emulator(big_archive)
     path, content = big_file(mount(emu), oracle(emu))
+    os.stat(path)  # the listings down to the file, before the latency: it is for the chunk
     emu.config.latency = 0.5
     emu.log.clear()
     results: dict[int, bytes] = {}

@@ -25,14 +25,15 @@ def test_a_mount_reads_its_cache_while_the_server_is_away_and_comes_back(
     paths = sorted(want.files)
     read, unread = paths[: len(paths) // 2], paths[len(paths) // 2:]
     cache = str(tmp_path / "cache")
-    m = mount(emulator, "--ttl", "1", "--timeout", "2", cache_dir=cache)
+    ttl, probe = 0.5, 1.0  # the listings' TTL; how often a mount tries a server that is away
+    m = mount(emulator, "--ttl", str(ttl), "--timeout", "2", cache_dir=cache, probe=probe)
     for path in read:
         assert (m / path).read_bytes() == want.read(path)
     for path in unread:  # listed, not read
         os.stat(m / path)
     port = emulator.port
     emulator.stop()
-    time.sleep(1.2)  # the listings' TTL: the mount must ask again, and cannot
+    time.sleep(ttl + 0.2)  # the listings' TTL: the mount must ask again, and cannot
     assert sorted(os.listdir(m.path)) == sorted({p.split("/")[0] for p in paths})
     for path in read:
         assert (m / path).read_bytes() == want.read(path), path
@@ -44,14 +45,14 @@ def test_a_mount_reads_its_cache_while_the_server_is_away_and_comes_back(
 
     # A mount started while the server is away comes up on its cache.
     m.stop()
-    again = mount(emulator, "--ttl", "1", "--timeout", "2", cache_dir=cache)
+    again = mount(emulator, "--ttl", str(ttl), "--timeout", "2", cache_dir=cache, probe=probe)
     assert "offline" in again.log.read_text()
     for path in read:
         assert (again / path).read_bytes() == want.read(path), path
 
     # The server comes back: what was not cached reads too.
     emulator.start(port)
-    time.sleep(5.2)  # the offline mount asks the server again within five seconds
+    time.sleep(probe + 0.2)  # the offline mount asks the server again within ``probe``
     for path in unread:
         assert (again / path).read_bytes() == want.read(path), path
     assert "back online" in again.log.read_text()

@@ -21,7 +21,7 @@ from pathlib import Path
 import certifi
 import pytest
 
-from tests.support.mount import needs_fuse, tree_of, unmount
+from tests.support.mount import QUICK_PAUSES, QUICK_RETRIES, needs_fuse, tree_of, unmount
 from tests.support.security import PASSWORD, USER, Secrets, cmdlines, tls_proxy
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.host import is_mounted
@@ -33,10 +33,15 @@ SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=2, dico
 pytestmark = pytest.mark.timeout(120)
 
 
-def xnatfs(*args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
-    """The command line in a child process, credentials only in its environment."""
+def xnatfs(*args: str, timeout: float = 60, quick: bool = False,
+           **env: str) -> subprocess.CompletedProcess[str]:
+    """The command line in a child process, credentials only in its environment. ``quick``:
+    with ``QUICK_PAUSES`` between the tries of a request and 0.2 s before materialize's retry
+    round (as the fault rig's): the same tries and log lines, sooner."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("XNAT_")}
-    return subprocess.run([sys.executable, "-m", "xnatfs", *args], capture_output=True,
+    run = [QUICK_RETRIES, ",".join(map(str, QUICK_PAUSES)), "-", "0.2"] if quick \
+        else ["-m", "xnatfs"]
+    return subprocess.run([sys.executable, *run, *args], capture_output=True,
                           text=True, env={**clean, **env}, timeout=timeout, check=False)
 
 
@@ -65,13 +70,16 @@ def test_secrets_stay_out_of_logs_messages_json_and_files(emu: Emulator, tmp_pat
     out, cache = tmp_path / "out", tmp_path / "cache"
     emu.config.fault_kinds = frozenset({"file"})  # retries and their log lines, logins spared
     emu.config.error_rate = emu.config.truncate_rate = 0.2
+    # Quick pauses: the retries write the same log lines, sooner.
     runs = {
-        "ls -vv": xnatfs("-vv", "ls", emu.url, "-R", "-l", "-u", USER, **env),
+        "ls -vv": xnatfs("-vv", "ls", emu.url, "-R", "-l", "-u", USER, quick=True, **env),
         "materialize -vv --json": xnatfs("-vv", "materialize", emu.url, "PROJ01", "-o", str(out),
-                                         "--json", "--cache-dir", str(cache), "-u", USER, **env),
-        "wrong password": xnatfs("-vv", "ls", emu.url, "-u", USER, XNAT_PASS=PASSWORD + "x"),
-        "server gone": xnatfs("-vv", "ls", "http://127.0.0.1:9", "-u", USER, **env),
-        "bad path": xnatfs("-vv", "ls", emu.url, "NOPE/x", "-u", USER, **env),
+                                         "--json", "--cache-dir", str(cache), "-u", USER,
+                                         quick=True, **env),
+        "wrong password": xnatfs("-vv", "ls", emu.url, "-u", USER, quick=True,
+                                 XNAT_PASS=PASSWORD + "x"),
+        "server gone": xnatfs("-vv", "ls", "http://127.0.0.1:9", "-u", USER, quick=True, **env),
+        "bad path": xnatfs("-vv", "ls", emu.url, "NOPE/x", "-u", USER, quick=True, **env),
     }
     assert runs["ls -vv"].returncode == 0 and "DEBUG" in runs["ls -vv"].stderr
     assert runs["materialize -vv --json"].returncode == 0, runs["materialize -vv --json"].stderr

@@ -48,6 +48,7 @@ MTIME = 1.7e9
 """The archive's files' mtime; a replacement is stamped an hour later (a new Last-Modified)."""
 FOLDER = "V/S1/E1/scans/1-T1w/resources/NIFTI/files"
 POLL = 15.0  # seconds a poll for an observable condition may take at most
+TTL = 0.5  # seconds listings are kept: the new file shows once they expire, and is polled for
 
 
 def archive_of(**sizes: int) -> tuple[Archive, Resource]:
@@ -278,7 +279,7 @@ def test_a_mount_handle_open_across_a_replacement_gives_the_old_file_or_eio(
     name = FILES[which][0]
     path = f"{FOLDER}/{name}"
     old = oracle(emu).read(path)
-    m = mount(emu, "--ttl", "1", "--timeout", "1")
+    m = mount(emu, "--ttl", str(TTL), "--timeout", "1")
     fd = os.open(m / path, os.O_RDONLY)
     try:
         reads = Reads(old)
@@ -309,7 +310,7 @@ def test_an_fsspec_file_open_across_a_replacement_gives_the_old_file_or_an_error
     path = f"{FOLDER}/{name}"
     old = oracle(emu).read(path)
     fs = fsspec.filesystem("xnat", url=emu.url, user="alice", password="secret",
-                           cache_dir=str(tmp_path / "cache"), ttl=1, timeout=1,
+                           cache_dir=str(tmp_path / "cache"), ttl=TTL, timeout=1,
                            skip_instance_cache=True)
     version = fs.checksum(path)
     reads = Reads(old)

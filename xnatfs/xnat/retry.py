@@ -32,7 +32,8 @@ class Attempts:
     tries: int = MAX_TRIES
     used: int = 0
     retry_after: float | None = field(default=None, repr=False)
-    pauses: tuple[float, ...] = field(default=PAUSES, repr=False)
+    pauses: tuple[float, ...] = field(default_factory=lambda: PAUSES, repr=False)
+    """``PAUSES`` as it is when the budget is made (a test may shorten them for a process)."""
 
     @classmethod
     def within(cls, seconds: float, tries: int = MAX_TRIES) -> Attempts:

@@ -2,9 +2,10 @@
 interface's own ``TestStorageBase`` in-process, and workflows run by ``snakemake --cores 2``
 in child processes. Requests are counted from the emulator's log.
 
-Snakemake takes a second or two to start, so the README's workflow is run twice by one
-module fixture (a first run that downloads, a second that must have nothing to do) and the
-tests read what those runs did.
+Snakemake takes a second or two to start, so the README's example (its Snakefile and its two
+``snakemake --cores 2`` lines, copied as they are) is run by one module fixture, a first run
+that downloads and a second that must have nothing to do, and the tests read what those runs
+did.
 """
 
 from __future__ import annotations
@@ -67,12 +68,20 @@ def snakemake(folder: Path, env: dict[str, str], *args: str) -> subprocess.Compl
                           check=False)
 
 
-def readme_snakefile(url: str) -> str:
+def readme_example(url: str) -> tuple[str, str, list[str]]:
+    """The README's Snakefile and its shell lines (an export, then the snakemake commands),
+    with the test's server and credentials."""
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("\n## Snakemake\n", 1)[1].split("\n## ", 1)[0]
     snakefile = re.search(r"```python\n(.*?)```", section, re.S)
-    assert snakefile, "the Snakemake section has a Snakefile"
-    return snakefile[1].replace("http://127.0.0.1:8080", url)
+    script = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert snakefile and script, "the Snakemake section has a Snakefile and a bash example"
+    lines = [line for line in script[1].replace(
+        "XNAT_USER=demo XNAT_PASS=demo", f"XNAT_USER={USER} XNAT_PASS={PASSWORD}").splitlines()
+        if line.strip()]
+    export, *commands = lines
+    assert export.startswith("export ") and len(commands) == 2, lines
+    return snakefile[1].replace("http://127.0.0.1:8080", url), export, commands
 
 
 @dataclass
@@ -93,13 +102,18 @@ def runs(served: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     env = environment(base / "home")
     folder = base / "workflow"
     folder.mkdir()
-    (folder / "Snakefile").write_text(readme_snakefile(served.url))
-    served.log.clear()
-    first = snakemake(folder, env)
-    first_log = served.log.records()
-    served.log.clear()
-    second = snakemake(folder, env)
-    return Runs(folder, env, first, first_log, second, served.log.records())
+    snakefile, export, commands = readme_example(served.url)
+    (folder / "Snakefile").write_text(snakefile)
+    done = []
+    for command in commands:  # each on its own, to count its requests
+        served.log.clear()
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", f"{export}\n{command}"],
+                              cwd=folder, env={k: v for k, v in env.items()
+                                               if not k.startswith("XNAT_")},
+                              capture_output=True, text=True, timeout=90, check=False)
+        done.append((proc, served.log.records()))
+    (first, first_log), (second, second_log) = done
+    return Runs(folder, env, first, first_log, second, second_log)
 
 
 def kinds(records: list[Record], kind: str) -> list[Record]:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import sysconfig
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -105,6 +105,7 @@ def runs(served: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Runs:
     snakefile, export, commands = readme_example(served.url)
     (folder / "Snakefile").write_text(snakefile)
     done = []
+    served.config = replace(served.config, latency=0.1)  # so that overlapping GETs show
     for command in commands:  # each on its own, to count its requests
         served.log.clear()
         proc = subprocess.run(["bash", "-euo", "pipefail", "-c", f"{export}\n{command}"],
@@ -112,6 +113,7 @@ def runs(served: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Runs:
                                                if not k.startswith("XNAT_")},
                               capture_output=True, text=True, timeout=90, check=False)
         done.append((proc, served.log.records()))
+    served.config = replace(served.config, latency=0.0)
     (first, first_log), (second, second_log) = done
     return Runs(folder, env, first, first_log, second, second_log)
 
@@ -138,6 +140,8 @@ def test_a_workflow_gets_each_input_in_one_request_and_the_right_bytes(runs: Run
         ["/data/experiments/XNAT_E00001/scans", "/data/experiments/XNAT_E00001/files"]
     assert len(kinds(runs.first_log, "listing")) == 5
     assert {r.kind for r in runs.first_log} <= {"auth", "listing", "file"}  # nothing per file
+    overlapping = [(a, b) for a in gets for b in gets if a is not b and a.time < b.time < a.done]
+    assert overlapping, "the inputs were fetched one after another"
     storage = runs.folder / ".snakemake" / "storage"
     assert not [p for p in storage.rglob("*") if p.is_file()]  # no part file, no copy kept
     said = runs.first.stdout + runs.first.stderr

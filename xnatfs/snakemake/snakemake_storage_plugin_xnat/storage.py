@@ -11,6 +11,7 @@ MD5 passed: a killed workflow never leaves a truncated input behind under its re
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import os
@@ -267,6 +268,21 @@ class StorageObject(StorageObjectRead, StorageObjectWrite):
         finally:
             with contextlib.suppress(FileNotFoundError):
                 part.unlink()
+
+    async def managed_retrieve(self) -> None:
+        """The interface's, with the download on a worker thread: Snakemake starts the
+        retrieval of every input of the ready jobs at once, but a download run on the event
+        loop would make them take turns, one server round trip after another. The reader is
+        thread-safe and bounds its own requests."""
+        await self.wait_for_free_space()
+        try:
+            await asyncio.to_thread(self.retrieve_object)
+        except Exception as exc:
+            self.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                Path(self.local_path()).unlink()
+            raise WorkflowError(f"Failed to retrieve storage object from {self.print_query}",
+                                exc) from None
 
     def cleanup(self) -> None:
         local = Path(self.local_path())

@@ -245,14 +245,19 @@ def test_bad_queries_and_settings_are_one_line_without_secrets(
         assert not result and words in str(result) and "\n" not in str(result)
     assert StorageProvider.is_valid_query("xnat://P/S/E/scans/{scan}/resources/DICOM/files/"
                                           "{name}.dcm")  # wildcards are fine
+    monkeypatch.delenv("XNAT_URL", raising=False)
     for settings, words in [
         ({"url": served.url.replace("://", f"://{USER}:{PASSWORD}@")}, "must not hold a user"),
         ({"url": served.url, "password": PASSWORD}, "needs a user"),
+        ({"url": served.url, "timeout": -1.0}, "timeout must be positive"),
+        ({"url": "https://[::1"}, "https://[::1"),
+        ({}, "no XNAT server for the xnat storage: give url="),
     ]:
         with pytest.raises(WorkflowError) as caught:
             StorageProvider(local_prefix=tmp_path, logger=logging.getLogger("test"),
                             settings=StorageProviderSettings(**settings))  # type: ignore[arg-type]
-        assert words in str(caught.value) and PASSWORD not in str(caught.value)
+        text = str(caught.value)
+        assert words in text and PASSWORD not in text and "\n" not in text.strip(), text
     wrong = provider(served.url, tmp_path, user=USER, password="Wr0ng-" + PASSWORD)
     served.log.clear()
     for name in ("0001.dcm", "0002.dcm"):

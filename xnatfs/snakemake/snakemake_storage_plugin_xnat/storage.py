@@ -17,7 +17,6 @@ import contextlib
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from snakemake_interface_common.exceptions import WorkflowError
 from snakemake_interface_storage_plugins.common import Operation
@@ -36,7 +35,7 @@ from snakemake_interface_storage_plugins.storage_provider import (
 from xnatfs.account.default import default_server_url
 from xnatfs.archive import Archive
 from xnatfs.connect import Connection
-from xnatfs.errors import AuthError, NotFound, XnatfsError
+from xnatfs.errors import AuthError, NotFound, UsageError, XnatfsError
 from xnatfs.tree.model import Node
 from xnatfs.tree.urls import FORM, tree_path
 from xnatfs.xnat.credentials import Credentials, resolve_credentials
@@ -82,12 +81,15 @@ class StorageProvider(StorageProviderBase):
     def __post_init__(self) -> None:
         settings = self.settings
         url = getattr(settings, "url", None) or os.environ.get("XNAT_URL")
+        timeout = getattr(settings, "timeout", None)
         try:
-            if url and "@" in urlsplit(url if "://" in url else "https://" + url).netloc:
+            if url and "@" in url.split("://", 1)[-1].split("/", 1)[0]:
                 raise XnatfsError("the xnat storage url must not hold a user or password "
-                                  "(Snakemake logs it): give user=/password=, or "
-                                  "XNAT_USER/XNAT_PASS")
-            self.url = default_server_url(url)
+                                  "(Snakemake prints its command line, Snakefiles are "
+                                  "shared): give user= and password=, or XNAT_USER/XNAT_PASS")
+            if timeout is not None and not timeout > 0:
+                raise XnatfsError(f"the xnat storage timeout must be positive, not {timeout}")
+            self.url = self._server(url)
             self.credentials = self._credentials()
         except XnatfsError as exc:
             raise WorkflowError(_flat(str(exc))) from None
@@ -95,12 +97,23 @@ class StorageProvider(StorageProviderBase):
             raise WorkflowError(READ_ONLY + "; it cannot be the default storage provider")
         self.connection = Connection(
             self.url, self.credentials, cache_dir=getattr(settings, "cache_dir", None),
-            timeout=getattr(settings, "timeout", None))
+            timeout=timeout)
         host = self.url.split("://", 1)[1]
         self.host_folder = host.replace(":", "_").replace("/", "_")
         # Snakemake never tears a provider down: closing at exit stores the chunks still on
         # their way to the disk cache, so the next run finds them there.
         atexit.register(self.connection.close)
+
+    @staticmethod
+    def _server(url: str | None) -> str:
+        try:
+            return default_server_url(url)
+        except UsageError:
+            if url:
+                raise
+            raise UsageError("no XNAT server for the xnat storage: give url= in the storage "
+                             "directive, --storage-xnat-url or XNAT_URL (or run xnatfs "
+                             "login URL)") from None
 
     def _credentials(self) -> Credentials:
         """The settings' credentials, else those every xnatfs command would find (no prompt:

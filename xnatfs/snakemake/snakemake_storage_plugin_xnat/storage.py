@@ -182,14 +182,17 @@ class StorageObject(StorageObjectRead, StorageObjectWrite):
     def local_suffix(self) -> str:
         return f"{self.provider.host_folder}/{self.path}"
 
-    def get_inventory_parent(self) -> str | None:
+    def get_inventory_parent(self) -> str:
         return self.cache_key(f"{self.provider.host_folder}/{self.resource}")
 
     async def inventory(self, cache: IOCacheStorageInterface) -> None:
         """Every file of the resource, from its listing. A resource that is not there
         leaves no entry: Snakemake then reads all its files as missing."""
         parent = self.get_inventory_parent()
-        if parent in cache.exists_in_storage.has_inventory:  # type: ignore[attr-defined]
+        # Snakemake's own cache keeps the folders it has the whole of here (not in the
+        # interface, so another cache may lack it: then it just gets every file's entry)
+        done: set[str] = getattr(cache.exists_in_storage, "has_inventory", set())
+        if parent in done:
             return
         try:
             files = list(self.provider.archive().tree.walk(self.resource))
@@ -205,7 +208,7 @@ class StorageObject(StorageObjectRead, StorageObjectWrite):
                 cache.size[key] = node.file.size
             if node.file is not None and node.file.digest:
                 cache.checksum[key] = f"md5:{node.file.digest.lower()}"
-        cache.exists_in_storage.has_inventory.add(parent)  # type: ignore[attr-defined]
+        done.add(parent)
 
     # -- one file --------------------------------------------------------------------------
 

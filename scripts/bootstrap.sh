@@ -31,6 +31,13 @@ if ! log=$(.venv/bin/python -m pip install -q --upgrade pip 2>&1 &&
     echo "bootstrap: installing xnatfs into .venv failed" >&2
     exit 1
 fi
+# Snakemake finds storage plugins with pkgutil.iter_modules, which cannot see the import hook
+# of an editable install: put the folder that holds only the plugin on the venv's path.
+.venv/bin/python - <<'PY'
+import pathlib, sysconfig
+site = pathlib.Path(sysconfig.get_path("purelib"))
+(site / "xnatfs-snakemake-plugin.pth").write_text(str(pathlib.Path("xnatfs/snakemake").resolve()) + "\n")
+PY
 
 case "$mode" in
     demo) exec .venv/bin/xnatfs demo "$@" ;;

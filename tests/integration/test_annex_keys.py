@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from xnatfs.annex.branch import log_file, merged
-from xnatfs.annex.keys import annex_key, key_facts, matches, tree_path, xnat_url
+from xnatfs.annex.keys import annex_key, key_facts, matches
 from xnatfs.errors import UsageError, XnatfsError
 from xnatfs.tree.model import RemoteFile
+from xnatfs.tree.urls import tree_path, xnat_url
 
 NAMES = ["t1.nii.gz", "a.b.c.tar.gz", "0001.dcm", ".foo", ".bashrc", "x..gz", "noext",
          "data.json", "a.verylong.gz", "a.gz.verylong", "a.tar.bz2", "sub-01_T1w.json",

@@ -24,10 +24,11 @@ from xnatfs.errors import UsageError, XnatfsError
 from xnatfs.materialize.plan import PlannedFile, Planner
 from xnatfs.materialize.selection import Selection
 from xnatfs.tree.model import Tree
+from xnatfs.tree.urls import xnat_url
 
 from .branch import record
 from .git import Git
-from .keys import annex_key, xnat_url
+from .keys import annex_key
 
 LISTERS = 8  # listings wait on the server's database, not on bandwidth
 SHOWN = 20  # paths of each kind named in a commit message

@@ -6,9 +6,8 @@ itself would compute from the bytes (same extension rule), so ``git annex fsck``
 file with no help from us and a copy added by hand dedups with ours. A file the server lists
 without an MD5 gets a ``WORM`` key (size, time, name): git-annex can then check its size only.
 
-An ``xnat://`` URL is a tree path, percent-encoded (git-annex's batch lines split on spaces),
-with no server in it: the server is the remote's ``url=``, so the URL stays right when the
-server moves and never carries credentials.
+Files are named by ``xnat://`` URLs (``xnatfs.tree.urls``, shared with the Snakemake plugin),
+with no server in them: the server is the remote's ``url=``.
 """
 
 from __future__ import annotations
@@ -16,13 +15,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from xnatfs.errors import UsageError
-from xnatfs.tree.model import RemoteFile, split_path
+from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import normalise_base_url
 
-SCHEME = "xnat://"
 MAX_EXTENSION_LENGTH = 4  # git-annex's annex.maxextensionlength default
 MAX_EXTENSIONS = 2  # and its annex.maxextensions default: .nii.gz, not .a.nii.gz
 _MD5 = re.compile(r"[0-9a-f]{32}")
@@ -83,22 +81,6 @@ def matches(key: str, file: RemoteFile) -> bool:
     if facts.size is not None and file.size is not None and facts.size != file.size:
         return False
     return not (facts.md5 and file.digest and facts.md5 != file.digest.lower())
-
-
-def xnat_url(path: str) -> str:
-    """``xnat://PROJECT/.../files/NAME`` for a tree path, each name percent-encoded."""
-    return SCHEME + "/".join(quote(part, safe="") for part in split_path(path))
-
-
-def tree_path(url: str) -> str:
-    """The tree path an ``xnat://`` URL names; a UsageError for anything else."""
-    if not url.startswith(SCHEME):
-        raise UsageError(f"not an xnat:// URL: {url}")
-    parts = [unquote(p) for p in url[len(SCHEME):].split("/") if p]
-    if not parts or any(p in (".", "..") or "/" in p for p in parts):
-        raise UsageError(f"not a tree path: {url} (xnat://PROJECT/SUBJECT/SESSION/scans/"
-                         "ID-TYPE/resources/LABEL/files/NAME)")
-    return "/".join(parts)
 
 
 def stored_server_url(text: str) -> str:

@@ -24,12 +24,12 @@ from typing import Any, TypeVar
 from annexremote import Master, RemoteError, SpecialRemote
 
 from xnatfs.archive import Archive
-from xnatfs.errors import AuthError, NotFound, XnatfsError
+from xnatfs.connect import Connection
+from xnatfs.errors import NotFound, XnatfsError
 from xnatfs.tree.model import RemoteFile
-from xnatfs.xnat.client import XnatClient
-from xnatfs.xnat.credentials import resolve_credentials
+from xnatfs.tree.urls import SCHEME, tree_path
 
-from .keys import SCHEME, matches, stored_server_url, tree_path
+from .keys import matches, stored_server_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,9 +82,7 @@ class XnatRemote(SpecialRemote):
     def __init__(self, annex: Master) -> None:
         super().__init__(annex)
         self.url = ""
-        self._archive: Archive | None = None
-        self._client: XnatClient | None = None
-        self._refused: AuthError | None = None
+        self._connection: Connection | None = None
 
     def listconfigs(self) -> dict[str, str]:
         return {"url": "the XNAT server, e.g. https://xnat.example.org (no credentials)"}
@@ -191,34 +189,14 @@ class XnatRemote(SpecialRemote):
         return seen[0] if seen else (urls[0], None)
 
     def archive(self) -> Archive:
-        """The logged-in archive, made once per process (git-annex keeps one per job). A
-        refused login is never tried again by this process: ``get`` of 1,000 files must not
-        cost 1,000 failed logins (XNAT locks an account after 20)."""
-        if self._refused is not None:
-            raise self._refused
-        if self._archive is None:
-            from xnatfs.account.tokens import log_in
-
-            url = self.url or server_url(self.annex.getconfig("url"))
-            client = XnatClient(url, resolve_credentials(url, can_prompt=False))
-            try:
-                log_in(client)
-            except AuthError as exc:
-                client.close()
-                self._refused = exc
-                raise
-            except BaseException:
-                client.close()
-                raise
-            self._client = client
-            self._archive = Archive.open_for(client, cache="rw")
-        return self._archive
+        """The logged-in archive, made once per process (git-annex keeps one per job)."""
+        if self._connection is None:
+            self._connection = Connection(self.url or server_url(self.annex.getconfig("url")))
+        return self._connection.archive()
 
     def close(self) -> None:
-        if self._archive is not None:
-            self._archive.close()
-        if self._client is not None:
-            self._client.close()
+        if self._connection is not None:
+            self._connection.close()
 
 
 def main() -> int:

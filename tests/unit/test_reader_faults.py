@@ -37,6 +37,7 @@ from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
 from xnatfs.reader.integrity import Checks
+from xnatfs.reader.store import Checked
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.retry import MAX_TRIES, Attempts
 
@@ -507,8 +508,8 @@ def recording_prefetch(fetcher: Fetcher) -> list[Future[None]]:
     futures: list[Future[None]] = []
     prefetch = fetcher.prefetch
 
-    def recorded(file: RemoteFile, first: int, last: int) -> Future[None]:
-        futures.append(prefetch(file, first, last))
+    def recorded(file: RemoteFile, first: int, last: int, **kwargs: bool) -> Future[None]:
+        futures.append(prefetch(file, first, last, **kwargs))
         return futures[-1]
 
     fetcher.prefetch = recorded  # type: ignore[method-assign]
@@ -584,8 +585,8 @@ def test_a_file_with_an_md5_reads_right_once_its_wrong_answers_are_caught(
 class AlwaysFails(Fetcher):
     """A reader that never gives a byte."""
 
-    def chunk(self, file: RemoteFile, index: int, *, store: bool = True,
-              check: bool = True) -> bytes:
+    def get(self, file: RemoteFile, index: int, *, store: bool = True,
+            check: bool = True) -> Checked:
         raise ServerError("the mutant reader fails every chunk")
 
 

@@ -245,13 +245,14 @@ class Fetcher:
         """Fetch chunks first..last into the caches in the background; ``from_disk``: bring
         those the disk cache has into memory as well (a reader's own read-ahead)."""
         last = min(last, self.chunk_count(file) - 1)
+        parts = []
         if from_disk and last > first and self.cache is not None:
             # A chunk a thread from the disk: one thread read them at 670 MB/s, one after
             # the other, and its reader waited on each.
-            for index in range(first + 1, last + 1):
-                if self.cache.contains(file, index):
-                    self.pool.submit(self._prefetch, file, index, index, True)
-        return self.pool.submit(self._prefetch, file, first, last, from_disk)
+            parts = [self.pool.submit(self._prefetch, file, index, index, True)
+                     for index in range(first + 1, last + 1) if self.cache.contains(file, index)]
+        whole = self.pool.submit(self._prefetch, file, first, last, from_disk)
+        return _all([*parts, whole]) if parts else whole
 
     def pace(self, file: RemoteFile, index: int) -> None:
         """Before a reader gets chunk ``index``: keep within reach of the file's running MD5
@@ -707,6 +708,29 @@ class _Pieces:
             parts.append(piece)
             got += len(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _all(parts: list[Future[None]]) -> Future[None]:
+    """A future done when all of ``parts`` are (with the first failure, if any)."""
+    done: Future[None] = Future()
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def finished(part: Future[None]) -> None:
+        with lock:
+            left[0] -= 1
+            last = left[0] == 0
+        if last and done.set_running_or_notify_cancel():
+            failed = next((p.exception() for p in parts
+                           if not p.cancelled() and p.exception() is not None), None)
+            if failed is not None:
+                done.set_exception(failed)
+            else:
+                done.set_result(None)
+
+    for part in parts:
+        part.add_done_callback(finished)
+    return done
 
 
 def _take_held(item: Item, index: int) -> None:

@@ -324,10 +324,6 @@ def test_a_chunk_fetched_again_is_held_to_the_copy_the_hash_took(
 TRANSIENT = ("short", "reset", "refuse", "5xx")  # what one more try gets past
 ANSWERS = ("ok", "whole", *TRANSIENT)  # "whole": the right bytes, without Range
 DEADLINE = 10.0  # never reached by a reader that works: it only bounds one that hangs
-# Failed reads beyond one per wrong answer, allowed in the shift property for the race that
-# ``test_a_read_during_the_eviction_after_a_mismatch_gets_no_stale_copy`` pins down (xfail);
-# a reader without it needs none.
-STALE_FAILURES = 2
 Reader = Callable[..., Fetcher]
 
 
@@ -543,7 +539,7 @@ def shifted_reads_recover(reader: Reader, tmp: str, *, size: int, ranged: list[l
                 failed.append(exc)
                 assert isinstance(exc, DigestMismatch), f"only MD5 failures are allowed: {exc!r}"
                 assert client.shifted, f"a read failed, and no answer was wrong: {exc!r}"
-                assert len(failed) <= client.shifted + STALE_FAILURES, \
+                assert len(failed) <= client.shifted, \
                     f"{len(failed)} failed reads for {client.shifted} wrong answers: {failed}"
                 continue
             finally:
@@ -571,8 +567,8 @@ def test_a_file_with_an_md5_reads_right_once_its_wrong_answers_are_caught(
     fails the MD5 makes the file bad for good (``integrity``) and no reader could read it,
     so no plan has one. Reading the file through a new handle after each failure (once the
     failed read's read-ahead and streams have ended), a read fails only with DigestMismatch,
-    only if some answer was wrong, at most once per wrong answer (and ``STALE_FAILURES``
-    more, for the races of the xfail tests below), and then the file reads exactly right:
+    only if some answer was wrong, at most once per wrong answer, and then the file reads
+    exactly right:
     after a failure the file is fetched whole. Without an MD5 nothing can catch bytes one
     off: not part of this."""
     shifted_reads_recover(Fetcher, str(tmp_path_factory.mktemp("cache")), size=size,
@@ -623,7 +619,7 @@ def test_each_success_property_fails_against_a_broken_reader(
         body(mutant, str(tmp_path / "mutant"), **args)
 
 
-# -- reader bugs the success properties found (xfail until the reader is fixed) -------------
+# -- reader bugs the success properties found, pinned down --------------------------------
 
 
 class TwoChunks:
@@ -631,24 +627,25 @@ class TwoChunks:
     ``gap`` (``asked`` once someone waits for it)."""
 
     def __init__(self) -> None:
-        self.gap: Future[bytes] = Future()
+        self.gap: Future[Checked] = Future()
         self.asked = threading.Event()
 
     def chunk_count(self, file: RemoteFile) -> int:
         return 2
 
-    def cached(self, file: RemoteFile, index: int) -> bytes | None:
+    def load(self, file: RemoteFile, index: int) -> Checked | None:
         return None
 
     def have(self, file: RemoteFile, index: int) -> bool:
         return False
 
-    def in_flight(self, file: RemoteFile, index: int) -> Future[bytes] | None:
+    def in_flight(self, file: RemoteFile, index: int) -> Future[Checked] | None:
         self.asked.set()
         return self.gap if index == 0 else None
 
-    def evict(self, file: RemoteFile) -> None:
-        pass
+    def evict(self, file: RemoteFile, *, before: Callable[[], None] | None = None) -> None:
+        if before is not None:
+            before()
 
     def record(self, file: RemoteFile, tags: bytes) -> None:
         pass
@@ -657,12 +654,6 @@ class TwoChunks:
         return None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "reader bug: Checks._finish, waiting for the chunk that a reader's fetch then delivers "
-    "and fails with, returns the verdict that reader has reported already, and reports it "
-    "again: one wrong copy moves the taint twice, and a handle opened in between fails "
-    "though it got only right bytes (found by the shift property with size=3577, "
-    "ranged=[['shift']], whole=[], step=100, cache='roomy', reading again at once)"))
 def test_one_wrong_copy_moves_the_taint_once() -> None:
     """Read-ahead delivers the last chunk and waits in ``_finish`` for chunk 0, which the
     reader's own fetch then delivers one off: the reader's thread completes the hash and
@@ -683,13 +674,6 @@ def test_one_wrong_copy_moves_the_taint_once() -> None:
     assert checks.taint(file) == 1
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "reader bug: Fetcher.evict races a reader taking the chunk from the disk cache: the "
-    "reader remembers the wrong copy after evict dropped memory, and Checks.served starts "
-    "a new hash with it; that reader gets the wrong bytes although the mismatch is known, "
-    "and the next handle fails ('two different copies of chunk 0') though the server sends "
-    "only right bytes from then on (the shift property's example size=3577, "
-    "ranged=[['shift']], step=100, cache='roomy' fails once more than it should ~5% of runs)"))
 def test_a_read_during_the_eviction_after_a_mismatch_gets_no_stale_copy(
         tmp_path: Path) -> None:
     """Chunk 0 comes one off and goes to memory and disk; the read of chunk 1 completes the

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 
 import pytest
@@ -43,7 +44,9 @@ class FakeChunks:
     def in_flight(self, file: RemoteFile, index: int) -> Future[Checked] | None:
         return self.flying.get(index)
 
-    def evict(self, file: RemoteFile) -> None:
+    def evict(self, file: RemoteFile, *, before: Callable[[], None] | None = None) -> None:
+        if before is not None:
+            before()
         self.evicted += 1
         self.cache.clear()
 

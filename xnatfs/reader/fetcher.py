@@ -71,7 +71,7 @@ import logging
 import threading
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 
@@ -80,6 +80,7 @@ from xnatfs.errors import (
     DigestMismatch,
     IntegrityError,
     ServerTimeout,
+    TransferError,
     XnatfsError,
 )
 from xnatfs.reader.chunkcache import CHUNK_SIZE, ChunkCache
@@ -235,10 +236,12 @@ class Fetcher:
 
     def load(self, file: RemoteFile, index: int) -> Checked | None:
         """``cached``, with the chunk's XXH3 (``store.Checked``)."""
-        chunk = self.memory.load(file, index)
-        if chunk is None and self.cache is not None:
+        item = self.items(file)
+        epoch = _epoch(item)
+        chunk = self.memory.load(file, index) if epoch is not None else None
+        if chunk is None and epoch is not None and self.cache is not None:
             chunk = self.cache.load(file, index)
-        return chunk
+        return chunk if _epoch(item) == epoch else None
 
     def prefetch(self, file: RemoteFile, first: int, last: int, *,
                  from_disk: bool = False) -> Future[None]:
@@ -299,7 +302,7 @@ class Fetcher:
         """Memory, else whoever claims the chunk first loads it from disk or the network while
         the others wait for it (FUSE sends several reads of one chunk at once)."""
         file = item.file
-        data = self.memory.load(file, index)
+        data = self.memory.load(file, index) if not item.evicting else None
         if data is not None:
             if item.held:  # a reader has it now: the stream holding it may go on
                 _take_held(item, index)
@@ -398,15 +401,18 @@ class Fetcher:
         claim: nobody is left waiting on a dead one."""
         assert self.cache is not None
         file = item.file
+        epoch = _epoch(item)
         try:
             found = [(i, data) for i in indices
-                     if (data := self.cache.load(file, i)) is not None]
+                     if epoch is not None and (data := self.cache.load(file, i)) is not None]
         except BaseException as exc:
             self._fail(item, claims, exc)
             raise
         for index, data in found:
-            self.memory.keep(file, index, data)
             with item.lock:
+                if _epoch_locked(item) != epoch:
+                    return  # the file was evicted meanwhile: the rest comes from the server
+                self.memory.keep(file, index, data)
                 del item.inflight[index]
             claims.pop(index).set_result(data)
 
@@ -508,7 +514,7 @@ class Fetcher:
 
     def _deliver(
         self, item: Item, index: int, chunk: Checked, claims: dict[int, Future[Checked]], *,
-        memory: bool, disk: bool, ranged: bool,
+        memory: bool, disk: bool, ranged: bool, epoch: int | None,
     ) -> None:
         """Hand one chunk to its waiters and the caches; the MD5 sees it too."""
         file = item.file
@@ -516,6 +522,9 @@ class Fetcher:
         if len(chunk.data) != end - start:
             raise IntegrityError(f"chunk {index} of {file.uri}: {len(chunk.data)} bytes, "
                                  f"expected {end - start}")
+        if _epoch(item) != epoch:
+            raise TransferError(f"chunk {index} of {file.uri} came from a request sent before "
+                                "the file's copy failed its MD5; asking again")
         last = index == item.count - 1
         # The chunk that completes the file's MD5 (normally the last) waits for it, so a
         # mismatch fails that read instead of surfacing after every byte is out. The last
@@ -525,16 +534,26 @@ class Fetcher:
         verified = self.checks.feed(file, index, chunk, last=last, ranged=ranged) \
             if early else False
         keep = verified or not last or not file.digest
-        if memory and keep:
-            self.memory.keep(file, index, chunk)
         # Queued for the disk before anyone has it: a reader that moves on and forgets it from
         # memory must find it in the cache, or a stale read-ahead would fetch it again.
         if disk and keep and self.cache is not None:
             self.cache.keep(file, index, chunk)
         future = claims.pop(index, None)
-        if future is not None:
-            with item.lock:
+        with item.lock:
+            stale = _epoch_locked(item) != epoch  # evicted while this chunk was on its way
+            if memory and keep and not stale:
+                self.memory.keep(file, index, chunk)
+            if future is not None:
                 item.inflight.pop(index, None)
+        if stale:
+            if disk and keep and self.cache is not None:
+                self.cache.delete(file, index)  # kept after the eviction emptied the disk
+            if future is not None:
+                future.set_exception(TransferError(
+                    f"chunk {index} of {file.uri} was on its way when the file's copy failed "
+                    "its MD5; asking again"))
+            return
+        if future is not None:
             future.set_result(chunk)
         if not early:
             self.checks.feed(file, index, chunk, ranged=ranged)
@@ -567,8 +586,8 @@ class Fetcher:
 
     def have(self, file: RemoteFile, index: int) -> bool:
         """Whether memory or the disk cache holds the chunk (the disk's index only)."""
-        if self.memory.contains(file, index):
-            return True
+        if self.memory.contains(file, index) or index in self.items(file).held:
+            return True  # held for a reader by a stream: memory may have dropped it
         return self.cache is not None and self.cache.contains(file, index)
 
     def in_flight(self, file: RemoteFile, index: int) -> Future[Checked] | None:
@@ -605,17 +624,31 @@ class Fetcher:
         self.checks.proven(file, tags)
         return tags
 
-    def evict(self, file: RemoteFile, *, disk: bool = True) -> None:
+    def evict(self, file: RemoteFile, *, disk: bool = True,
+              before: Callable[[], None] | None = None) -> None:
         """Drop every chunk of the file from memory, from those held for readers and (unless
-        not ``disk``) from the disk cache."""
+        not ``disk``) from the disk cache. ``before`` runs under the item's lock, in the same
+        step as memory is emptied (``Checks`` moves the taint there). Until the disk is
+        emptied too, nothing loaded or fetched of the file is kept or handed out: a reader
+        that took chunk 0 from the disk between memory and disk being emptied was given the
+        copy that had just failed (the stale copy the property tests found)."""
         item = self.items(file)
         with item.lock:
+            if before is not None:
+                before()
+            item.evictions += 1
+            item.evicting += 1
             item.held.clear()
             item.taken.notify_all()
-        for index in range(self.chunk_count(file)):
-            self.memory.drop(file, index)
+            for index in range(item.count):
+                self.memory.drop(file, index)
+        try:
             if disk and self.cache is not None:
-                self.cache.delete(file, index)
+                for index in range(item.count):
+                    self.cache.delete(file, index)
+        finally:
+            with item.lock:
+                item.evicting -= 1
 
 
 class _Delivery:
@@ -634,6 +667,7 @@ class _Delivery:
         self.item = item
         self.file = file
         self.body = body
+        self.epoch = _epoch(item)  # what it brings is kept only if the file is not evicted
         self.claims = claims
         self.store = store
         self.disk = store and fetcher.cache is not None  # the disk keeps what comes ahead
@@ -672,7 +706,7 @@ class _Delivery:
                         fetcher._hold(item, self.index, data)
                     fetcher._deliver(item, self.index, data, self.claims,
                                      memory=self.store or extra, disk=self.store,
-                                     ranged=self.body.ranged)
+                                     ranged=self.body.ranged, epoch=self.epoch)
                     if hold:
                         fetcher._wait_for_readers(item)
                 else:
@@ -708,6 +742,17 @@ class _Pieces:
             parts.append(piece)
             got += len(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _epoch(item: Item) -> int | None:
+    """The item's eviction count, or None while one is under way: a chunk loaded or fetched
+    is kept and handed out only if this is the same, and not None, before and after."""
+    with item.lock:
+        return _epoch_locked(item)
+
+
+def _epoch_locked(item: Item) -> int | None:
+    return None if item.evicting else item.evictions
 
 
 def _all(parts: list[Future[None]]) -> Future[None]:

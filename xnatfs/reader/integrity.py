@@ -58,7 +58,7 @@ class Chunks(Protocol):
     def load(self, file: RemoteFile, index: int) -> Checked | None: ...
     def have(self, file: RemoteFile, index: int) -> bool: ...
     def in_flight(self, file: RemoteFile, index: int) -> Future[Checked] | None: ...
-    def evict(self, file: RemoteFile) -> None: ...
+    def evict(self, file: RemoteFile, *, before: Callable[[], None] | None = None) -> None: ...
     def record(self, file: RemoteFile, tags: bytes) -> None: ...
     def recorded(self, file: RemoteFile) -> bytes | None: ...
 
@@ -255,14 +255,16 @@ class Checks:
         """Bytes of the file failed: taint it, fetch it whole from now on (or, if whole
         answers failed too, never serve it), drop its chunks, raise DigestMismatch."""
         item = self.items(file)
-        with item.lock:
+
+        def failed() -> None:  # under the item's lock, as its chunks leave memory
             item.taint += 1
             if ranged:
                 item.suspect = True
             else:
                 item.bad = True
+
+        self.chunks.evict(file, before=failed)
         self.items.mark(item)
-        self.chunks.evict(file)
         log.warning("%s failed its MD5 check%s", file.uri,
                     "; fetching it whole" if ranged else ": EIO for every read of it")
         raise DigestMismatch(why)
@@ -279,7 +281,10 @@ class Checks:
                 data = future.result(max(0.0, deadline - time.monotonic())) if future \
                     else fill(gap)
             except Exception:  # that fetch failed or timed out: its reader sees why
-                return state.verdict  # False if it failed by completing a wrong MD5
+                if state.verdict is False:  # it completed the hash wrong, and has said so:
+                    raise DigestMismatch(  # the failure is not counted a second time
+                        f"MD5 mismatch for {file.uri}: the listing says {file.digest}") from None
+                return state.verdict
             if data is None:
                 return None
             verdict = state.feed(gap, data, fill)

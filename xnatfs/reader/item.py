@@ -51,9 +51,9 @@ class Item:
     """The reader's state for one file version. Fields marked *lock* are read and written
     under ``lock``; the verdicts are set under it and may be read without."""
 
-    __slots__ = ("__weakref__", "bad", "count", "failures", "file", "hash", "held",
-                 "holders", "inflight", "key", "lock", "looked_up", "modified", "passed", "suspect",
-                 "taint", "taken")
+    __slots__ = ("__weakref__", "bad", "count", "evicting", "evictions", "failures", "file",
+                 "hash", "held", "holders", "inflight", "key", "lock", "looked_up", "modified",
+                 "passed", "suspect", "taint", "taken")
 
     def __init__(self, file: RemoteFile, count: int) -> None:
         self.file = file
@@ -67,6 +67,9 @@ class Item:
         # chunk -> (until, the server's answer count then, the error): FAIL_HOLD
         self.failures: dict[int, tuple[float, int, XnatfsError]] = {}
         self.modified: str | None = None  # Last-Modified of the first answer: the pin
+        # Evictions so far, and under way: a chunk loaded or fetched across one is dropped.
+        self.evictions = 0
+        self.evicting = 0
         # -- checking (lock) --
         self.hash: InOrder | None = None  # the running MD5, fed in order from chunk 0
         self.holders = 0  # open handles

@@ -57,6 +57,7 @@ class Emulator:
         self.cores = Cores(lambda: self.config.server_cores)
         self._stopping = threading.Event()
         self._rng = random.Random(self.config.seed)
+        self._zip_rng = random.Random(self.config.seed)  # zip faults: their own sequence
         self._rng_lock = threading.Lock()
         self._streaks: dict[tuple[str, ...], int] = {}  # faults in a row per request
         self._thawed = threading.Event()
@@ -74,6 +75,7 @@ class Emulator:
         self._config = self.auth.config = self.gate.config = config
         with self._rng_lock:
             self._rng.seed(config.seed)
+            self._zip_rng.seed(config.seed)
 
     @property
     def url(self) -> str:
@@ -128,6 +130,12 @@ class Emulator:
         """Three seeded draws per request: error, body fault, fault position."""
         with self._rng_lock:
             return self._rng.random(), self._rng.random(), self._rng.random()
+
+    def _zip_chance(self) -> float:
+        """Draws for zip faults, apart from the others: the k-th zip of a run gets the same
+        draws however other requests interleave with it."""
+        with self._rng_lock:
+            return self._zip_rng.random()
 
     def _chance(self) -> float:
         with self._rng_lock:
@@ -355,9 +363,9 @@ class _Handler(BaseHTTPRequestHandler):
             return Plan()
         at = int(position * size)
         if response.kind == "zip" and config.zip_truncate_rate and \
-                self.server.emulator._chance() < config.zip_truncate_rate:
+                self.server.emulator._zip_chance() < config.zip_truncate_rate:
             record.fault = "truncate"
-            return Plan(cut_at=int(self.server.emulator._chance() * size))
+            return Plan(cut_at=int(self.server.emulator._zip_chance() * size))
         if draw < config.truncate_rate:
             record.fault = "truncate"
             return Plan(cut_at=at)
@@ -404,7 +412,7 @@ class _Handler(BaseHTTPRequestHandler):
             emulator = self.server.emulator
             rate = emulator.config.zip_garble_rate
             zipper.write_zip(writer, response.zip_entries,
-                             garble=(lambda: emulator._chance() < rate) if rate else None)
+                             garble=(lambda: emulator._zip_chance() < rate) if rate else None)
         else:
             writer.write(response.body)
         writer.finish()

@@ -141,3 +141,10 @@ def test_a_server_with_broken_zips_costs_one_zip_and_one_line(emu, capsys, tmp_p
     assert len(requests_of(emu, "zip")) == 1
     assert len(dicom_gets(emu)) == SPEC.scans * DICOMS
     assert_exact(emu, tmp_path)
+
+
+def test_no_zip_fetches_file_by_file(emu, capsys, tmp_path):
+    materialize(capsys, emu, tmp_path, "--no-zip", "--resource", "DICOM")
+    assert requests_of(emu, "zip") == []
+    assert len(dicom_gets(emu)) == SPEC.scans * DICOMS
+    assert_exact_dicoms(emu, tmp_path)

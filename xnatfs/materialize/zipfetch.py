@@ -232,6 +232,10 @@ class ZipJob:
         except IntegrityError as exc:  # size or MD5 not the listing's: the part file is gone
             self._again(rel, planned, written, exc)
             return
+        except XnatfsError as exc:  # the rename failed: this file fails, as any FileJob's
+            self.todo.pop(rel, None)
+            host.failed(planned, exc, unwritten=0)
+            return
         self.todo.pop(rel, None)
 
     def _again(self, rel: str, planned: PlannedFile, written: int, exc: Exception) -> None:

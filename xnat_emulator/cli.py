@@ -62,6 +62,14 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument("--no-range", action="store_true", help="ignore Range headers")
     parser.add_argument("--error-rate", default="0", metavar="FRACTION",
                         help="fraction of requests answered 5xx")
+    parser.add_argument("--catalog-cost", default="0", metavar="SECONDS",
+                        help="server work per catalog entry on every file GET, file listing "
+                             "and zip of a resource (XNAT parses the whole catalog each time)")
+    parser.add_argument("--server-cores", default="0", metavar="N",
+                        help="requests doing catalog work at once; others wait (0: no limit)")
+    parser.add_argument("--zip-truncate-rate", default="0", metavar="FRACTION",
+                        help="fraction of zip downloads cut short after a random number of "
+                             "bytes")
     parser.add_argument("--session-timeout", default="900", metavar="SECONDS",
                         help="idle seconds before a session expires (default 900)")
     parser.add_argument("--request-log", metavar="FILE",
@@ -124,7 +132,14 @@ def _config(args: argparse.Namespace) -> EmulatorConfig:
     error_rate = _number(args.error_rate, "--error-rate", float)
     if not 0.0 <= error_rate <= 1.0:
         raise BadValue(f"--error-rate must be between 0 and 1, not {args.error_rate}")
+    zip_truncate_rate = _number(args.zip_truncate_rate, "--zip-truncate-rate", float)
+    if not 0.0 <= zip_truncate_rate <= 1.0:
+        raise BadValue(f"--zip-truncate-rate must be between 0 and 1, not "
+                       f"{args.zip_truncate_rate}")
+    cores = int(_number(args.server_cores, "--server-cores", int))
     return EmulatorConfig(
+        catalog_cost=_number(args.catalog_cost, "--catalog-cost", float),
+        server_cores=cores or None, zip_truncate_rate=zip_truncate_rate,
         latency=_number(args.latency, "--latency", float),
         bandwidth=parse_size(args.bandwidth) if args.bandwidth else None,
         conn_bandwidth=parse_size(args.conn_bandwidth) if args.conn_bandwidth else None,

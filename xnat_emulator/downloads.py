@@ -116,16 +116,22 @@ def _apply_range(response: Response, header: str, size: int, validate: bool) -> 
     response.header("Content-Range", f"bytes {start}-{last}/{size}")
 
 
-def zip_download(scope: Scope, query: dict[str, str]) -> Response:
+def zip_download(scope: Scope, query: dict[str, str], broken: str = "") -> Response:
+    """``broken`` (``EmulatorConfig.broken_zips``) makes a server whose zips cannot be used."""
     files = [f for r in scope.resources for f in r.files if not f.missing]
     if not files:
         raise HttpError(404, "No matching files found.")
     structure = query.get("structure", "default")
     entries = [(zipper.entry_name(f, structure, scope.project), f) for f in files]
-    return Response(200, [("Content-Type", "application/zip"),
-                          ("Content-Disposition",
-                           f'attachment; filename="{_archive_name(scope)}.zip";')],
-                    kind="zip", chunked=True, zip_entries=entries)
+    if broken == "names":
+        entries = [(f"elsewhere/{i}.dat", f) for i, (_, f) in enumerate(entries)]
+    response = Response(200, [("Content-Type", "application/zip"),
+                              ("Content-Disposition",
+                               f'attachment; filename="{_archive_name(scope)}.zip";')],
+                        kind="zip", chunked=True, zip_entries=entries)
+    if broken == "garbage":
+        response.zip_entries, response.body = None, b"<html><body>Not a zip</body></html>\n"
+    return response
 
 
 def _archive_name(scope: Scope) -> str:

@@ -85,6 +85,23 @@ class EmulatorConfig:
     hit. None: errors hit any request, truncations, resets and stalls hit data bodies
     (listing, item, file, zip)."""
 
+    catalog_cost: float = 0.0
+    """Seconds of server work per catalog entry, charged on every file GET, file listing and
+    zip of the resources the request touches: XNAT parses a resource's whole catalog XML on
+    each of them (``CatalogUtils.getOrCreateAndClean``), so a resource fetched file by file
+    costs O(N) per file and O(N^2) in all, a zip O(N) once."""
+    server_cores: int | None = None
+    """Requests whose catalog work runs at once; the others wait for a core (None: no
+    limit). Read when the server is made."""
+    zip_truncate_rate: float = 0.0
+    """Fraction of zip bodies cut after a random number of bytes (the connection closes)."""
+    zip_garble_rate: float = 0.0
+    """Fraction of zip entries whose bytes are changed before they are zipped: the CRC fits
+    the wrong bytes, only the listing's MD5 tells."""
+    broken_zips: str = ""
+    """``"garbage"``: zip bodies that are not zips; ``"names"``: entry names that match no
+    listed file. Empty: sound zips."""
+
     @property
     def path_prefix(self) -> str:
         """``context_path`` normalised: ``""`` or ``/name`` without a trailing slash."""
@@ -125,3 +142,29 @@ class TokenBucket:
             debt = -self._tokens
         if debt > 0:
             stop.wait(debt / rate)
+
+
+class Cores:
+    """The server's cores for catalog work: at most ``count()`` requests charged at once, the
+    others wait for one, as requests queue on a real server's CPUs. The count is read on each
+    call, so it follows the knobs live; ``peak`` is the most that ever ran at once."""
+
+    def __init__(self, count: Callable[[], int | None]) -> None:
+        self._count = count
+        self._free = threading.Condition()
+        self.busy = 0
+        self.peak = 0
+
+    def work(self, seconds: float, stop: threading.Event) -> None:
+        """Hold a core for ``seconds`` (less if the server stops)."""
+        with self._free:
+            while (limit := self._count()) and self.busy >= limit and not stop.is_set():
+                self._free.wait(0.1)
+            self.busy += 1
+            self.peak = max(self.peak, self.busy)
+        try:
+            stop.wait(seconds)
+        finally:
+            with self._free:
+                self.busy -= 1
+                self._free.notify()

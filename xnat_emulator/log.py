@@ -46,6 +46,8 @@ class Record:
     token and the 401/302 turn-aways), page (HTML pages), error (404s and the like), other."""
     fault: str | None = None
     """The injected fault, if any: error, truncate, reset, stall, timeout."""
+    catalog_entries: int = 0
+    """Catalog entries the request was charged for (``EmulatorConfig.catalog_cost``)."""
 
 
 class RequestLog:

@@ -27,7 +27,7 @@ from xnat_emulator import pages, zipper
 from xnat_emulator.archive import Archive
 from xnat_emulator.auth import Auth
 from xnat_emulator.gate import Gate, Visitor
-from xnat_emulator.knobs import EmulatorConfig, TokenBucket
+from xnat_emulator.knobs import Cores, EmulatorConfig, TokenBucket
 from xnat_emulator.log import Record, RequestLog
 from xnat_emulator.routes import HttpError, Router
 from xnat_emulator.transfer import Abort, BodyWriter, Plan, Response
@@ -35,6 +35,7 @@ from xnat_emulator.views import View
 
 logger = logging.getLogger(__name__)
 DATA_KINDS = frozenset({"listing", "item", "file", "zip"})
+CATALOG_KINDS = frozenset({"files", "file", "catalog"})
 AUTH_KINDS = {"jsession", "services_auth", "auth", "token_issue", "token_validate",
               "token_invalidate"}
 
@@ -53,8 +54,10 @@ class Emulator:
         self.host = host
         self.port = port
         self._bandwidth = TokenBucket(lambda: self.config.bandwidth)
+        self.cores = Cores(lambda: self.config.server_cores)
         self._stopping = threading.Event()
         self._rng = random.Random(self.config.seed)
+        self._zip_rng = random.Random(self.config.seed)  # zip faults: their own sequence
         self._rng_lock = threading.Lock()
         self._streaks: dict[tuple[str, ...], int] = {}  # faults in a row per request
         self._thawed = threading.Event()
@@ -72,6 +75,7 @@ class Emulator:
         self._config = self.auth.config = self.gate.config = config
         with self._rng_lock:
             self._rng.seed(config.seed)
+            self._zip_rng.seed(config.seed)
 
     @property
     def url(self) -> str:
@@ -128,6 +132,12 @@ class Emulator:
         """Three seeded draws per request: error, body fault, fault position."""
         with self._rng_lock:
             return self._rng.random(), self._rng.random(), self._rng.random()
+
+    def _zip_chance(self) -> float:
+        """Draws for zip faults, apart from the others: the k-th zip of a run gets the same
+        draws however other requests interleave with it."""
+        with self._rng_lock:
+            return self._zip_rng.random()
 
     def _chance(self) -> float:
         with self._rng_lock:
@@ -237,7 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if not inside:
                 raise HttpError(404, "Not Found")
-            response, visitor = self._answer(_canonical(path), query_string, headers, body)
+            response, visitor = self._answer(_canonical(path), query_string, headers, body,
+                                             record)
         except HttpError as error:
             response = _error_response(error)
         except Exception:
@@ -263,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
             emulator.log.finish(record)
 
     def _answer(self, path: str, query_string: str, headers: dict[str, str],
-                body: bytes) -> tuple[Response, Visitor]:
+                body: bytes, record: Record) -> tuple[Response, Visitor]:
         emulator = self.server.emulator
         admitted = emulator.gate.admit(path, headers)
         if isinstance(admitted, Response):
@@ -274,12 +285,23 @@ class _Handler(BaseHTTPRequestHandler):
             return emulator.gate.endpoint(target, self.command, admitted, body), admitted
         if self.command not in ("GET", "HEAD"):
             raise HttpError(405, "Method Not Allowed")
+        if target.kind in CATALOG_KINDS and target.scope is not None:
+            self._charge(record, sum(len(r.files) for r in target.scope.resources))
         shuffle = emulator._shuffler() if emulator.config.shuffle_rows else None
         view = View(emulator.archive, emulator.config, admitted.user, query, headers, shuffle)
         response = view.render(target)
         if response.chunked and headers.get("range") and _open_range(headers["range"]):
             raise HttpError(500, "The end index cannot be computed")  # Restlet on streams
         return response, admitted
+
+    def _charge(self, record: Record, entries: int) -> None:
+        """The catalog parse every file request, file listing and zip makes on the real
+        server (``EmulatorConfig.catalog_cost``), on one of its cores."""
+        emulator = self.server.emulator
+        record.catalog_entries = entries
+        cost = emulator.config.catalog_cost * entries
+        if cost > 0:
+            emulator.cores.work(cost, emulator._stopping)
 
     def _request_body(self, headers: dict[str, str]) -> bytes:
         length = headers.get("content-length", "")
@@ -342,6 +364,10 @@ class _Handler(BaseHTTPRequestHandler):
         if record.fault or self.command == "HEAD" or not _faultable(response, config) or size < 1:
             return Plan()
         at = int(position * size)
+        if response.kind == "zip" and config.zip_truncate_rate and \
+                self.server.emulator._zip_chance() < config.zip_truncate_rate:
+            record.fault = "truncate"
+            return Plan(cut_at=int(self.server.emulator._zip_chance() * size))
         if draw < config.truncate_rate:
             record.fault = "truncate"
             return Plan(cut_at=at)
@@ -387,7 +413,10 @@ class _Handler(BaseHTTPRequestHandler):
             if writer.sent < response.length:
                 self.close_connection = True  # XNAT's unchecked range: a short body
         elif response.zip_entries is not None:
-            zipper.write_zip(writer, response.zip_entries)
+            emulator = self.server.emulator
+            rate = emulator.config.zip_garble_rate
+            zipper.write_zip(writer, response.zip_entries,
+                             garble=(lambda: emulator._zip_chance() < rate) if rate else None)
         else:
             writer.write(response.body)
         writer.finish()

@@ -128,7 +128,7 @@ class View:
     def _files(self, target: Target) -> Response:
         assert target.scope is not None
         if self.query.get("format") == "zip":
-            return downloads.zip_download(target.scope, self.query)
+            return downloads.zip_download(target.scope, self.query, self.config.broken_zips)
         return downloads.file_listing(target.scope, self.query, self.config.path_prefix,
                                       blank=self.config.blank_file_rows)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 import zipfile
+from collections.abc import Callable
 from typing import Protocol
 
 from xnat_emulator.archive import File, Project, Scan, Subject
@@ -52,8 +53,11 @@ def entry_name(f: File, structure: str, project: Project | None) -> str:
     return uri
 
 
-def write_zip(sink: Sink, entries: list[tuple[str, File]]) -> None:
-    """Stream the entries into ``sink`` (which need not be seekable)."""
+def write_zip(sink: Sink, entries: list[tuple[str, File]],
+              garble: Callable[[], bool] | None = None) -> None:
+    """Stream the entries into ``sink`` (which need not be seekable). ``garble``, asked once
+    per entry, says when to flip its first byte before zipping it (the CRC then fits the
+    wrong bytes, as a server that read a changed file would give)."""
     seen: set[str] = set()
     with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:  # type: ignore[arg-type]
         for name, f in entries:
@@ -62,6 +66,9 @@ def write_zip(sink: Sink, entries: list[tuple[str, File]]) -> None:
             seen.add(name)
             info = zipfile.ZipInfo(name, time.localtime(f.content.mtime)[:6])
             info.file_size = f.size
+            flip = f.size > 0 and garble is not None and garble()
             with archive.open(info, "w") as out:
                 for piece in f.content.chunks(0, f.size):
+                    if flip:
+                        piece, flip = bytes([piece[0] ^ 0xFF]) + piece[1:], False
                     out.write(piece)

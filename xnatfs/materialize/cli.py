@@ -84,6 +84,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "manifest says; never your own)")
     p.add_argument("-ow", "--overwrite", action="store_true",
                    help="download every file again, even when present")
+    p.add_argument("--no-zip", action="store_true",
+                   help="fetch every file with its own GET, even where one zip of its "
+                        "resource would cost the server far less")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--timeout", type=positive_float, default=60.0, metavar="SECONDS",
                    help="give up on a transfer silent for this long, then retry (default 60; "
@@ -127,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
                          "xnatfs materialize URL PROJECT[/SUBJECT/...] -o DIR")
     output = Output(args.output)  # created by the run, once everything checks out
     options = Options(jobs=jobs, verify=args.verify, overwrite=args.overwrite,
-                      delete=args.delete)
+                      delete=args.delete, zips=not args.no_zip)
     json_out = sys.stdout if args.json else None
     pool = jobs + listing_threads(jobs) + 4
     main_thread = threading.current_thread() is threading.main_thread()

@@ -16,6 +16,9 @@
   fetched by several workers at once and written in order, so the part file is always a valid
   prefix that the next run continues. The part file hashes every byte in order, so the reader
   is asked not to (``check=False``): one MD5 per file, not two.
+* A resource most of whose files are wanted comes as one ``?format=zip`` stream instead of a
+  GET per file (``zipfetch``: XNAT's per-file GET parses the resource's whole catalog each
+  time); its entries are verified and committed one by one, as they arrive.
 * After the pass, files that failed transiently (unreachable, 5xx, bodies cut short, after the
   reader's own retries) are tried again (``retry_rounds``), continuing from what they had.
 * ``halt`` (Ctrl-C, SIGTERM) stops renames under the same lock that renames take, so the
@@ -46,10 +49,11 @@ from xnatfs.materialize import manifest as manifest_file
 from xnatfs.materialize.dirlock import DirLock
 from xnatfs.materialize.manifest import Manifest, entry_for
 from xnatfs.materialize.output import Output, PartFile, Target, existing_size, file_md5
-from xnatfs.materialize.plan import ListingFailure, PlannedFile, Planner
+from xnatfs.materialize.plan import ListingFailure, PlannedFile, PlannedResource, Planner
 from xnatfs.materialize.report import Change, Outcome, PlanRow, Report, Result
 from xnatfs.materialize.selection import Selection
 from xnatfs.materialize.workers import Task, Workers
+from xnatfs.materialize.zipfetch import Fetched, ZipJob, ZipTrust, zip_candidates, zip_worth
 from xnatfs.tree.model import RemoteFile, Tree
 
 log = logging.getLogger(__name__)
@@ -70,6 +74,8 @@ class Options:
     """Remove files gone from the server (only those the manifest says xnatfs wrote)."""
     retry_rounds: int = 2
     retry_pause: float = 5.0
+    zips: bool = True
+    """Fetch a resource most of whose files are wanted as one zip (``zipfetch.zip_worth``)."""
     records: bool = True
     """Keep the manifest, MD5SUMS and the lock in DIR (False: a plain copy, for callers such
     as the fsspec filesystem's ``get`` that own the destination's layout)."""
@@ -92,6 +98,7 @@ class Source:
     def __init__(self, archive: Archive) -> None:
         self._fetcher = archive.fetcher
         self.chunk_size = archive.chunk_size
+        self.client = archive.client  # zips bypass the reader: they are neither ranged nor cached
 
     def chunk_count(self, remote: RemoteFile) -> int:
         return self._fetcher.chunk_count(remote)
@@ -129,7 +136,23 @@ class Host(Protocol):
     def submit(self, priority: int, task: Task) -> None: ...
     def wrote(self, n: int) -> None: ...
     def expect(self, n: int) -> None: ...
-    def commit(self, job: FileJob) -> None: ...
+    # -- zipfetch.Host: what a ZipJob calls -----------------------------------------------
+
+    @property
+    def chunk_size(self) -> int:
+        assert self.source is not None
+        return self.source.chunk_size
+
+    def halted(self) -> bool:
+        return self._halted
+
+    def per_file(self, planned: PlannedFile) -> None:
+        self.workers.submit(NEW_FILE, partial(self._start, planned))
+
+    def submit_zip(self, job: ZipJob) -> None:
+        self.workers.submit(NEW_FILE, job.run)
+
+    def commit(self, job: FileJob | Fetched) -> None: ...
     def failed(self, planned: PlannedFile, exc: XnatfsError, *, unwritten: int) -> None: ...
 
 
@@ -156,6 +179,7 @@ class Engine:
         self._lock = threading.Lock()
         self._commit_lock = threading.Lock()
         self._halted = False
+        self.zip_trust = ZipTrust()
         self._created = False
         self._dirlock: DirLock | None = None
 
@@ -166,7 +190,8 @@ class Engine:
         the report, errors that stop everything (refused credentials, a full disk) and
         interruptions are raised, after the manifest is brought up to date."""
         planner = self._planner = Planner(
-            self.tree, selection, lambda task: self.listers.submit(0, task), self._planned)
+            self.tree, selection, lambda task: self.listers.submit(0, task), self._planned,
+            self._planned_resource if self.options.zips else None)
         try:  # bad paths are refused before DIR is touched
             roots = planner.roots()
             self._open_output(selection)
@@ -320,6 +345,30 @@ class Engine:
         self.report.planned(planned.file.size)
         self.workers.submit(NEW_FILE, lambda: self._start(planned))
 
+    def _planned_resource(self, resource: PlannedResource) -> None:
+        """A resource's wanted files: as one zip when that is the cheaper route
+        (``zip_worth`` over the files to fetch), else each file on its own."""
+        with self._lock:
+            self._seen.update(p.path for p in resource.wanted)
+        for planned in resource.wanted:
+            self.report.planned(planned.file.size)
+        rest = resource.wanted
+        if not self.zip_trust.broken and zip_worth(len(rest), len(resource.listed)):
+            todo, rest = zip_candidates(resource, self._decision)
+            if zip_worth(len(todo), len(resource.listed)):
+                assert self.source is not None
+                self.submit_zip(ZipJob(self, self.source.client, resource, todo))
+            else:
+                rest = resource.wanted
+        for planned in rest:
+            self.per_file(planned)
+
+    def _decision(self, planned: PlannedFile) -> Change | None:
+        try:
+            return self.change(planned, planned.file).change
+        except XnatfsError:  # something not ours in the way: the per-file path says what
+            return None
+
     def _start(self, planned: PlannedFile) -> None:
         try:
             job = self._prepare(planned)
@@ -415,7 +464,23 @@ class Engine:
     def expect(self, n: int) -> None:
         self.report.expect(n)
 
-    def commit(self, job: FileJob) -> None:
+    # -- zipfetch.Host: what a ZipJob calls -----------------------------------------------
+
+    @property
+    def chunk_size(self) -> int:
+        assert self.source is not None
+        return self.source.chunk_size
+
+    def halted(self) -> bool:
+        return self._halted
+
+    def per_file(self, planned: PlannedFile) -> None:
+        self.workers.submit(NEW_FILE, partial(self._start, planned))
+
+    def submit_zip(self, job: ZipJob) -> None:
+        self.workers.submit(NEW_FILE, job.run)
+
+    def commit(self, job: FileJob | Fetched) -> None:
         """Rename a complete part file into place and record it, unless the run was halted
         (then the part file stays for the next run). Forget first, record after: at every
         moment the manifest vouches only for bytes that are in DIR."""

@@ -60,14 +60,20 @@ class Entry:
         return Context(**{k: v for k, v in self.context.items() if k in fields})
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False, separators=(",", ":"))
+        # A shallow dict: ``dataclasses.asdict`` deep-copies, a cost paid once per file.
+        document = {name: getattr(self, name) for name in _ENTRY_FIELDS}
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
 def entry_for(path: str, size: int, md5: str, *, from_server: bool, uri: str,
               context: Context) -> Entry:
-    ctx = {k: v for k, v in dataclasses.asdict(context).items() if v}
+    ctx = {k: v for k in _CONTEXT_FIELDS if (v := getattr(context, k))}
     fetched = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return Entry(path, size, md5, "server" if from_server else "local", uri, fetched, ctx)
+
+
+_ENTRY_FIELDS = tuple(f.name for f in dataclasses.fields(Entry))
+_CONTEXT_FIELDS = tuple(f.name for f in dataclasses.fields(Context))
 
 
 def meta_dir(root: str) -> str:

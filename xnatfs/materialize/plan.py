@@ -20,6 +20,7 @@ from typing import TypeVar
 from xnatfs.errors import AuthError, XnatfsError
 from xnatfs.materialize.selection import Selection, normalise_path
 from xnatfs.tree.model import Node, RemoteFile, Tree
+from xnatfs.xnat.rows import split_file_uri
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,11 +42,28 @@ class PlannedFile:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedResource:
+    """One resource's files, as its listing gave them: what a zip of it holds (``listed``,
+    by the path below ``/files/`` in each URI) and which of them the selection wants."""
+
+    uri: str
+    """The resource's URI, up to ``/resources/{id}`` (unencoded)."""
+    listed: dict[str, RemoteFile]
+    wanted: list[PlannedFile]
+
+
+@dataclass(frozen=True, slots=True)
 class ListingFailure:
     """A folder whose listing failed: its files are unknown, so the run is incomplete."""
 
     path: str
     reason: str
+
+
+def _resource_files(path: str) -> bool:
+    """Whether ``path`` is a resource's ``files`` folder: ``.../resources/{label}/files``."""
+    parts = path.split("/")
+    return len(parts) >= 3 and parts[-1] == "files" and parts[-3] == "resources"
 
 
 def _patiently(listing: Callable[[], T], path: str) -> T:
@@ -68,11 +86,13 @@ class Planner:
     def __init__(
         self, tree: Tree, selection: Selection, submit: Callable[[Callable[[], None]], None],
         emit: Callable[[PlannedFile], None],
+        emit_resource: Callable[[PlannedResource], None] | None = None,
     ) -> None:
         self.tree = tree
         self.selection = selection
         self._submit = submit
         self._emit = emit
+        self._emit_resource = emit_resource
         self.failures: list[ListingFailure] = []
         self._lock = threading.Lock()
         self._pending = 0
@@ -109,7 +129,9 @@ class Planner:
         if not node.is_dir:
             self._offer(path, node)
         elif node.children is not None:
-            self._expand(path, node)
+            if not (self._emit_resource and _resource_files(path) and
+                    self._offer_resource(path, node)):
+                self._expand(path, node)
         else:
             with self._lock:
                 self._pending += 1
@@ -140,6 +162,41 @@ class Planner:
             if kid.is_dir and filters.rejects_folder(name, kid.context):
                 continue
             self._visit(kid_path, kid)
+
+    def _offer_resource(self, path: str, node: Node) -> bool:
+        """Hand a resource's ``files`` folder over whole (a zip of it may be the cheaper
+        route); False when it is not one resource's listing after all (then it is walked)."""
+        listed: dict[str, RemoteFile] = {}
+        wanted: list[PlannedFile] = []
+        uris: set[str] = set()
+        filters, shard = self.selection.filters, self.selection.shard
+
+        def walk(where: str, folder: Node, admitted: bool) -> bool:
+            assert folder.children is not None
+            for name, kid in sorted(folder.children.items()):
+                kid_path = f"{where}/{name}"
+                if kid.is_dir:
+                    if kid.children is None or not walk(
+                            kid_path, kid, admitted and not filters.rejects_folder(
+                                name, kid.context)):
+                        return False
+                    continue
+                split = split_file_uri(kid.file.uri) if kid.file else None
+                if split is None:
+                    return False
+                uris.add(split[0])
+                listed[split[1]] = kid.file  # type: ignore[assignment]
+                if admitted and filters.admits_file(kid_path, kid.context) and \
+                        shard.takes(kid_path):
+                    wanted.append(PlannedFile(kid_path, kid))
+            return True
+
+        if not walk(path, node, True) or len(uris) != 1 or self._fatal is not None:
+            return False
+        if wanted:
+            assert self._emit_resource is not None
+            self._emit_resource(PlannedResource(uris.pop(), listed, wanted))
+        return True
 
     def _offer(self, path: str, node: Node) -> None:
         selection = self.selection

@@ -246,6 +246,29 @@ class XnatClient:
         return Body(resp, 0, length, length, False, uri, head, attempts=attempts,
                     read_timeout=read_timeout, last_modified=modified)
 
+    def open_zip(self, resource: str) -> Body:
+        """A GET of ``resource`` (its listing URI up to ``/resources/{id}``, unencoded) as
+        ``?format=zip``, up to its headers, tried again like ``open_file``. The body has no
+        length (XNAT streams it chunked) and cannot be ranged or resumed; whoever reads it
+        across many calls gives it a fresh ``attempts`` for each (``Body``)."""
+        read_timeout = self.timeout[1]
+        attempts = self.attempts(read_timeout)
+        path = encode_path(resource) + "/files?format=zip"
+        headers = dict(self.http.file_headers)
+
+        def send() -> tuple[urllib3.BaseHTTPResponse, bytes]:
+            cookie = self.jsession.cookie()
+            if cookie:
+                headers["Cookie"] = f"JSESSIONID={cookie}"
+            return self.http.open(path, headers, attempts, self.timeout, html_ok=False)
+
+        resp, head = self.jsession.exchange(send, path, attempts, f"GET {resource} as a zip")
+        if resp.status != 200:
+            resp.close()
+            raise ServerError(f"HTTP {resp.status} from the server for the zip of {resource}")
+        return Body(resp, 0, None, None, False, f"{resource} (zip)", head, attempts=attempts,
+                    read_timeout=read_timeout)
+
     def fetch_range(self, uri: str, start: int, end: int) -> bytes:
         """Exactly bytes [start, end) of a file, via Range or, failing that, a streamed full GET."""
         want = end - start

@@ -19,6 +19,14 @@ _MD5 = re.compile(r"[0-9a-f]{32}")
 _FILE_URI = re.compile(r"^(?P<owner>.*?)/resources/(?P<rid>[^/]+)/files/(?P<rel>.+)$", re.S)
 
 
+def split_file_uri(uri: str) -> tuple[str, str] | None:
+    """A file URI as (its resource, up to ``/resources/{id}``; the path below ``/files/``),
+    None if it names no resource file. The first ``/resources/{id}/files/`` is the resource's:
+    IDs hold no slash, and the path below may itself hold ``/files/``."""
+    m = _FILE_URI.match(uri)
+    return (f"{m['owner']}/resources/{m['rid']}", m["rel"]) if m else None
+
+
 def result_rows(doc: Any, what: str) -> list[Row]:
     """The rows of a ResultSet envelope, every value a ``str``; anything else is a ServerError."""
     try:

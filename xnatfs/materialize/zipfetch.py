@@ -1,0 +1,277 @@
+"""Whole resources as one zip stream: the cheap route on XNAT for many files of one resource.
+
+XNAT parses a resource's whole catalog on every single-file GET (docs/xnat-api.md), so N
+files fetched one by one cost the server O(N^2); ``?format=zip`` parses it once and streams
+every entry. So a resource goes as one zip when most of it is wanted and it is more than a
+handful of files (``zip_worth``); otherwise, and for anything a zip cannot give, files come by
+per-file GETs as before.
+
+Each entry is streamed straight into its part file as it arrives (``ZipStream``), matched to
+the listing by the path below ``/files/`` (entry names are untrusted: they only ever select a
+listed file, whose output path comes from the tree), checked against the listing's size and
+MD5 and the zip's CRC-32, and committed by the engine's one commit path, so the manifest
+records it at once and a killed run never fetches it again. What a zip does not deliver (an
+entry that fails its checks, the rest of a zip cut short) comes again: by a new zip while
+enough remains, else by per-file GETs. A server whose zips cannot be followed at all (not a
+zip, names that match nothing) is told once in the log, and the run goes on file by file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from xnatfs.errors import AuthError, IntegrityError, OutputFailed, XnatfsError
+from xnatfs.materialize.output import Output, PartFile
+from xnatfs.materialize.plan import PlannedFile, PlannedResource
+from xnatfs.materialize.report import Change, Report
+from xnatfs.materialize.zipstream import EntryCorrupt, ZipFormatError, ZipStream
+from xnatfs.tree.model import RemoteFile
+from xnatfs.xnat.client import XnatClient
+
+log = logging.getLogger(__name__)
+
+ZIP_MIN_FILES = 8
+"""Fewer wanted files than this go one by one: their catalog cost is small, and a zip's
+entries cannot be ranged, resumed or fetched in parallel."""
+ZIP_MIN_SHARE = 0.5
+"""A zip sends the whole resource: below half of it wanted, most of its bytes are waste."""
+ZIP_TRIES = 3
+"""Zips of one resource, at most, before what is left of it comes file by file."""
+
+
+def zip_worth(wanted: int, listed: int) -> bool:
+    """The rule, from the listing alone: at least ``ZIP_MIN_FILES`` files to fetch and at
+    least ``ZIP_MIN_SHARE`` of the resource's listed files."""
+    return wanted >= ZIP_MIN_FILES and wanted >= ZIP_MIN_SHARE * listed
+
+
+class ZipTrust:
+    """Whether this server's zips can be followed. The first zip of a run finds out: the
+    others wait until its first entry has come (or it failed), so a server whose zips are
+    unusable costs one zip and one line in the log, however many resources run at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known = threading.Event()
+        self._probing = False
+        self.broken = False
+
+    def admit(self) -> bool:
+        """True: go ahead with a zip (the first caller is the probe); False: zips are out."""
+        with self._lock:
+            if not self._probing:
+                self._probing = True
+                return True
+        self._known.wait()
+        return not self.broken
+
+    def proven(self) -> None:
+        self._known.set()
+
+    def condemn(self, reason: str) -> None:
+        with self._lock:
+            first, self.broken = not self.broken, True
+        self._known.set()
+        if first:
+            log.warning("the server's zips cannot be used (%s); fetching files one by one",
+                        reason)
+
+
+@dataclass(slots=True)
+class Fetched:
+    """A file whose part file is complete, in the shape ``Engine.commit`` takes."""
+
+    planned: PlannedFile
+    remote: RemoteFile
+    part: PartFile
+    replaced: bool
+    change: Change
+
+
+class Host(Protocol):
+    """What a zip in transfer needs from its run (the engine)."""
+
+    output: Output
+    report: Report
+    chunk_size: int
+
+    zip_trust: ZipTrust
+
+    def halted(self) -> bool: ...
+    def commit(self, job: Fetched) -> None: ...
+    def per_file(self, planned: PlannedFile) -> None: ...
+    def submit_zip(self, job: ZipJob) -> None: ...
+    def failed(self, planned: PlannedFile, exc: XnatfsError, *, unwritten: int) -> None: ...
+
+
+class ZipJob:
+    """One zip of one resource, for the files in ``todo`` (path below ``/files/`` ->
+    planned file and what it is to the run)."""
+
+    def __init__(self, host: Host, client: XnatClient, resource: PlannedResource,
+                 todo: dict[str, tuple[PlannedFile, Change]], tries: int = 1) -> None:
+        self.host = host
+        self.client = client
+        self.resource = resource
+        self.todo = todo
+        self.tries = tries
+        self._prefix: str | None = None
+
+    def run(self) -> None:
+        """Stream the zip; whatever it did not deliver is handed on (``_rest``)."""
+        trust = self.host.zip_trust
+        if not trust.admit():
+            self._rest(again=False)
+            return
+        try:
+            self._run()
+        finally:
+            trust.proven()  # whatever happened, nobody waits on this zip any longer
+
+    def _run(self) -> None:
+        try:
+            body = self.client.open_zip(self.resource.uri)
+        except (AuthError, OutputFailed):
+            raise
+        except XnatfsError as exc:
+            log.info("zip of %s failed (%s); fetching its files one by one",
+                     self.resource.uri, exc)
+            self._rest(again=False)
+            return
+        with body:
+            def read(n: int) -> bytes:
+                body.attempts = self.client.attempts(self.client.timeout[1])  # per read
+                return body.read(n)
+
+            try:
+                self._entries(ZipStream(read))
+            except ZipFormatError as exc:
+                self.host.zip_trust.condemn(f"{self.resource.uri}: {exc}")
+                self._rest(again=False)
+                return
+            except (AuthError, OutputFailed):
+                raise
+            except XnatfsError as exc:  # cut short, reset, stalled: kept what was verified
+                log.info("zip of %s broke off (%s); %d files still to come",
+                         self.resource.uri, exc, len(self.todo))
+                self._rest(again=exc.transient)
+                return
+        self._rest(again=False)
+
+    def _entries(self, stream: ZipStream) -> None:
+        while not self.host.halted() and (entry := stream.next_entry()) is not None:
+            rel = self._relpath(entry.name)
+            self.host.zip_trust.proven()
+            remote = self.resource.listed[rel]
+            size = entry.size if entry.size is not None else remote.size
+            if size is None:
+                raise ZipFormatError(f"no size for zip entry {entry.name!r}")
+            wanted = self.todo.get(rel)
+            if wanted is None:  # not selected, or already here: read past it
+                for _ in stream.data(size):
+                    pass
+                stream.finish()
+                continue
+            self._entry(stream, rel, remote, size, *wanted)
+
+    def _relpath(self, name: str) -> str:
+        """The listed file an entry name stands for: what follows the resource's
+        ``/files/``. The prefix before it is the same for every entry; it is learnt from the
+        first one (the longest tail that names a listed file)."""
+        if self._prefix is not None:
+            rel = name[len(self._prefix):] if name.startswith(self._prefix) else None
+        else:
+            rel, at = None, name.find("/files/")
+            while at >= 0:
+                if name[at + 7:] in self.resource.listed:
+                    rel, self._prefix = name[at + 7:], name[:at + 7]
+                    break
+                at = name.find("/files/", at + 1)
+        if rel is None or rel not in self.resource.listed:
+            raise ZipFormatError(f"zip entry {name!r} is no file the listing has")
+        return rel
+
+    def _entry(self, stream: ZipStream, rel: str, remote: RemoteFile, size: int,
+               planned: PlannedFile, change: Change) -> None:
+        host = self.host
+        output = host.output
+        try:
+            target = output.target(planned.path)
+            output.make_parents(target)
+            part = PartFile(target, remote.size or 0, remote.digest, align=host.chunk_size,
+                            resume=False)
+        except XnatfsError as exc:  # something not ours in the way: this file fails
+            del self.todo[rel]
+            for _ in stream.data(size):
+                pass
+            stream.finish()
+            host.failed(planned, exc, unwritten=remote.size or 0)
+            return
+        written = 0
+        try:
+            for piece in stream.data(size):
+                part.write(piece)
+                written += len(piece)
+                host.report.wrote(len(piece))
+            stream.finish()
+        except EntryCorrupt as exc:
+            part.discard()
+            self._again(rel, planned, written, exc)
+            return
+        except BaseException:
+            part.discard()  # its bytes are not verified; the file comes again
+            host.report.expect(written)
+            raise
+        try:
+            host.commit(Fetched(planned, remote, part, replaced=False,
+                                change=Change.NEW if change is Change.NEW else Change.CHANGED))
+        except IntegrityError as exc:  # size or MD5 not the listing's: the part file is gone
+            self._again(rel, planned, written, exc)
+            return
+        except XnatfsError as exc:  # the rename failed: this file fails, as any FileJob's
+            self.todo.pop(rel, None)
+            host.failed(planned, exc, unwritten=0)
+            return
+        self.todo.pop(rel, None)
+
+    def _again(self, rel: str, planned: PlannedFile, written: int, exc: Exception) -> None:
+        """An entry the zip got wrong: that file alone comes by a per-file GET."""
+        log.warning("%s: %s in the zip; fetching it on its own", planned.path, exc)
+        del self.todo[rel]
+        self.host.report.expect(written)
+        self.host.per_file(planned)
+
+    def _rest(self, *, again: bool) -> None:
+        """Hand on what this zip did not deliver: one more zip when it broke off and enough
+        remains, else one GET per file."""
+        if not self.todo or self.host.halted():
+            return
+        if again and self.tries < ZIP_TRIES and \
+                zip_worth(len(self.todo), len(self.resource.listed)):
+            self.host.submit_zip(ZipJob(self.host, self.client, self.resource, self.todo,
+                                        self.tries + 1))
+            return
+        for planned, _ in self.todo.values():
+            self.host.per_file(planned)
+
+
+def zip_candidates(resource: PlannedResource,
+                   decide: Callable[[PlannedFile], Change | None]
+                   ) -> tuple[dict[str, tuple[PlannedFile, Change]], list[PlannedFile]]:
+    """Split a resource's wanted files into those a zip may bring (size and MD5 listed, to
+    be fetched: new, changed or to overwrite) and the rest (present, or unknowable)."""
+    by_uri = {remote.uri: rel for rel, remote in resource.listed.items()}
+    todo: dict[str, tuple[PlannedFile, Change]] = {}
+    rest: list[PlannedFile] = []
+    for planned in resource.wanted:
+        remote = planned.file
+        change = decide(planned) if remote.size is not None and remote.digest else None
+        if change in (Change.NEW, Change.CHANGED, Change.OVERWRITE):
+            todo[by_uri[remote.uri]] = (planned, change)
+        else:
+            rest.append(planned)
+    return todo, rest

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
+from collections.abc import Callable
+from typing import BinaryIO, Literal
 
-from xnatfs.errors import XnatfsError
+from xnatfs.errors import IntegrityError, XnatfsError
 from xnatfs.reader.chunkcache import (
     CHUNK_SIZE,
     DEFAULT_SIZE_LIMIT,
@@ -34,6 +35,7 @@ from xnatfs.xnat.client import GRACE, XnatClient
 log = logging.getLogger(__name__)
 
 CacheUse = Literal["rw", "read", "none"]
+COPY_STEP = 8  # chunks a read in ``copy``
 
 
 class Archive:
@@ -96,6 +98,28 @@ class Archive:
             if len(piece) < min(step, end - offset):
                 break
         return b"".join(parts)
+
+    def copy(self, file: RemoteFile, out: BinaryIO,
+             progress: Callable[[int], None] | None = None) -> None:
+        """Write the whole file to ``out`` through one handle, ``COPY_STEP`` chunks a read
+        (the read-ahead runs ahead of the writes), telling ``progress`` the bytes so far:
+        what the git-annex remote and the Snakemake plugin retrieve with. IntegrityError if
+        the server sends fewer bytes than the listing says."""
+        size = file.size or 0
+        step = self.chunk_size * COPY_STEP
+        handle = self.open(file)
+        try:
+            done = 0
+            while done < size:
+                data = self.read(handle, done, min(done + step, size))
+                if not data:
+                    raise IntegrityError(f"{file.uri}: the server sent {done} of {size} bytes")
+                out.write(data)
+                done += len(data)
+                if progress is not None:
+                    progress(done)
+        finally:
+            handle.close()
 
     def close(self) -> None:
         """Stop the reader's threads and store what the cache still has waiting."""

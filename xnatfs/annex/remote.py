@@ -33,7 +33,6 @@ from .keys import matches, stored_server_url
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-READ_STEP = 8  # chunks per read: the reader's read-ahead runs ahead of the write
 READ_ONLY = ("the xnat remote is read-only: files are added and changed on the XNAT server, "
              "then `xnatfs datalad` updates the dataset")
 
@@ -104,22 +103,8 @@ class XnatRemote(SpecialRemote):
         if not matches(key, file):
             raise RemoteError(f"{url} changed on {self.url} since the dataset was made: "
                               "run the same xnatfs datalad command again to update it")
-        archive = self.archive()
-        size = file.size or 0
-        step = archive.chunk_size * READ_STEP
-        handle = archive.open(file)
-        try:
-            with open(filename, "wb") as out:
-                done = 0
-                while done < size:
-                    data = archive.read(handle, done, min(done + step, size))
-                    if not data:
-                        raise RemoteError(f"{url}: the server sent {done} of {size} bytes")
-                    out.write(data)
-                    done += len(data)
-                    self.annex.progress(done)
-        finally:
-            handle.close()
+        with open(filename, "wb") as out:
+            self.archive().copy(file, out, self.annex.progress)
 
     @one_line
     def checkpresent(self, key: str) -> bool:

@@ -40,7 +40,6 @@ from xnatfs.tree.model import Node
 from xnatfs.tree.urls import FORM, tree_path
 from xnatfs.xnat.credentials import Credentials, resolve_credentials
 
-READ_STEP = 8  # chunks per read: the reader's read-ahead runs ahead of the write
 READ_ONLY = ("the xnat storage is read-only: files are added on the XNAT server; write "
              "outputs to local paths or another storage provider")
 _OWNERS = ("scans", "assessors", "reconstructions")
@@ -260,21 +259,8 @@ class StorageObject(StorageObjectRead, StorageObjectWrite):
         local.parent.mkdir(parents=True, exist_ok=True)
         try:
             file = archive.tree.resolve(node)
-            size = file.size or 0
-            step = archive.chunk_size * READ_STEP
-            handle = archive.open(file)
-            try:
-                with open(part, "wb") as out:
-                    done = 0
-                    while done < size:
-                        data = archive.read(handle, done, min(done + step, size))
-                        if not data:
-                            raise WorkflowError(f"{self.print_query}: the server sent {done} "
-                                                f"of {size} bytes")
-                        out.write(data)
-                        done += len(data)
-            finally:
-                handle.close()
+            with open(part, "wb") as out:
+                archive.copy(file, out)
             mtime = self._mtime_of(node) or None
             if mtime:
                 os.utime(part, (mtime, mtime))

@@ -213,15 +213,8 @@ class XnatClient:
             headers["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         if since is not None:
             headers["If-Unmodified-Since"] = since
-        html_file = uri.lower().endswith(_HTML_FILE)
-
-        def send() -> tuple[urllib3.BaseHTTPResponse, bytes]:
-            cookie = self.jsession.cookie()
-            if cookie:
-                headers["Cookie"] = f"JSESSIONID={cookie}"
-            return self.http.open(path, headers, attempts, self.timeout, html_ok=html_file)
-
-        resp, head = self.jsession.exchange(send, path, attempts, f"GET {uri}")
+        resp, head = self._open(path, headers, attempts, f"GET {uri}",
+                                html_ok=uri.lower().endswith(_HTML_FILE))
         modified = resp.headers.get("Last-Modified")
         if since is not None and modified is not None and not _same_time(modified, since):
             resp.close()
@@ -246,6 +239,19 @@ class XnatClient:
         return Body(resp, 0, length, length, False, uri, head, attempts=attempts,
                     read_timeout=read_timeout, last_modified=modified)
 
+    def _open(self, path: str, headers: dict[str, str], attempts: Attempts, what: str, *,
+              html_ok: bool) -> tuple[urllib3.BaseHTTPResponse, bytes]:
+        """A file body's GET up to its headers, in the shared session: each try sends the
+        session's cookie as it is then (a re-login between tries changes it)."""
+
+        def send() -> tuple[urllib3.BaseHTTPResponse, bytes]:
+            cookie = self.jsession.cookie()
+            if cookie:
+                headers["Cookie"] = f"JSESSIONID={cookie}"
+            return self.http.open(path, headers, attempts, self.timeout, html_ok=html_ok)
+
+        return self.jsession.exchange(send, path, attempts, what)
+
     def open_zip(self, resource: str) -> Body:
         """A GET of ``resource`` (its listing URI up to ``/resources/{id}``, unencoded) as
         ``?format=zip``, up to its headers, tried again like ``open_file``. The body has no
@@ -254,15 +260,8 @@ class XnatClient:
         read_timeout = self.timeout[1]
         attempts = self.attempts(read_timeout)
         path = encode_path(resource) + "/files?format=zip"
-        headers = dict(self.http.file_headers)
-
-        def send() -> tuple[urllib3.BaseHTTPResponse, bytes]:
-            cookie = self.jsession.cookie()
-            if cookie:
-                headers["Cookie"] = f"JSESSIONID={cookie}"
-            return self.http.open(path, headers, attempts, self.timeout, html_ok=False)
-
-        resp, head = self.jsession.exchange(send, path, attempts, f"GET {resource} as a zip")
+        resp, head = self._open(path, dict(self.http.file_headers), attempts,
+                                f"GET {resource} as a zip", html_ok=False)
         if resp.status != 200:
             resp.close()
             raise ServerError(f"HTTP {resp.status} from the server for the zip of {resource}")

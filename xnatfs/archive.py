@@ -26,8 +26,8 @@ from xnatfs.reader.chunkcache import (
     default_cache_dir,
 )
 from xnatfs.reader.fetcher import Fetcher
-from xnatfs.reader.handle import FileHandle
-from xnatfs.tree.model import RemoteFile, Tree
+from xnatfs.reader.handle import FileHandle, MemoryHandle
+from xnatfs.tree.model import Folders, RemoteFile, Tree
 from xnatfs.tree.stash import Stash
 from xnatfs.xnat import retry
 from xnatfs.xnat.client import GRACE, XnatClient
@@ -35,6 +35,7 @@ from xnatfs.xnat.client import GRACE, XnatClient
 log = logging.getLogger(__name__)
 
 CacheUse = Literal["rw", "read", "none"]
+Layout = Literal["xnat", "bids"]
 COPY_STEP = 8  # chunks a read in ``copy``
 
 
@@ -42,9 +43,11 @@ class Archive:
     """The tree and the reader of one client. Thread-safe; ``close`` when done."""
 
     def __init__(self, client: XnatClient, tree: Tree, cache: ChunkCache | None,
-                 fetcher: Fetcher, *, writes_cache: bool) -> None:
+                 fetcher: Fetcher, *, writes_cache: bool, view: Folders | None = None) -> None:
         self.client = client
         self.tree = tree
+        self.view = view or tree
+        """The paths the front end shows: the tree itself, or a layout over it (BIDS)."""
         self.cache = cache
         self.fetcher = fetcher
         self.writes_cache = writes_cache
@@ -56,11 +59,13 @@ class Archive:
         cache_size: int = DEFAULT_SIZE_LIMIT, ttl: float = 60.0,
         projects: list[str] | None = None, wait: float | None = None,
         deadline: float | None = None, stash: bool = False, max_parallel: int = 32,
+        layout: Layout = "xnat",
     ) -> Archive:
         """The one factory. ``deadline``: seconds one read may take, retries included
         (default: the client's read timeout and ``GRACE``); ``wait``: how long a listing is
         waited for before the tree answers from what it last saw; ``stash``: keep the tree's
-        last listings in the cache, for use while the server is away (the mount)."""
+        last listings in the cache, for use while the server is away (the mount);
+        ``layout="bids"``: ``view`` shows each project as a BIDS dataset (``bids.view``)."""
         chunks: ChunkCache | None = None
         try:
             if cache == "rw":
@@ -77,13 +82,20 @@ class Archive:
         kept = Stash(chunks, client.base_url, client.credentials.user) \
             if stash and chunks is not None else None
         tree = Tree(client, ttl=ttl, projects=projects, wait=wait, stash=kept)
-        return cls(client, tree, chunks, fetcher, writes_cache=cache == "rw")
+        view = None
+        if layout == "bids":
+            from xnatfs.bids.view import BidsView
 
-    def open(self, file: RemoteFile) -> FileHandle:
+            view = BidsView(tree)
+        return cls(client, tree, chunks, fetcher, writes_cache=cache == "rw", view=view)
+
+    def open(self, file: RemoteFile) -> FileHandle | MemoryHandle:
         """A handle on this version of the file (``file.size`` known: ``Tree.resolve``)."""
+        if file.data is not None:
+            return MemoryHandle(file)
         return FileHandle(self.fetcher, file)
 
-    def read(self, handle: FileHandle, start: int, end: int) -> bytes:
+    def read(self, handle: FileHandle | MemoryHandle, start: int, end: int) -> bytes:
         """Bytes [start, end) through ``handle``, a chunk at a time: a long read then looks
         sequential to the read-ahead, which widens its window as it goes instead of waiting
         for one chunk after another."""

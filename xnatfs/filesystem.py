@@ -34,7 +34,7 @@ from fsspec.implementations.local import make_path_posix, trailing_sep
 from fsspec.spec import AbstractBufferedFile, AbstractFileSystem
 from fsspec.utils import other_paths, stringify_path
 
-from xnatfs.archive import Archive
+from xnatfs.archive import Archive, Layout
 from xnatfs.cli.units import parse_size
 from xnatfs.errors import AuthError, Forbidden, NotFound, UsageError, XnatfsError
 from xnatfs.tree.model import Node, RemoteFile, split_path
@@ -59,6 +59,7 @@ class _Options:
     ttl: float
     timeout: float
     insecure: bool
+    layout: Layout = "xnat"
 
 
 class _Stack:
@@ -76,8 +77,8 @@ class _Stack:
         log.info("logged in to %s (%s)", options.url, credentials.source)
         self.archive = Archive.open_for(
             self.client, cache_dir=options.cache_dir, cache_size=options.cache_size,
-            ttl=options.ttl, deadline=options.timeout + GRACE)
-        self.tree = self.archive.tree
+            ttl=options.ttl, deadline=options.timeout + GRACE, layout=options.layout)
+        self.tree = self.archive.view
         self.pid = os.getpid()
 
 
@@ -135,7 +136,8 @@ class XnatFileSystem(AbstractFileSystem):
 
     Options: ``url`` (default ``$XNAT_URL``), ``user``, ``password``, ``jsession``,
     ``cache_dir``, ``cache_size`` (bytes or ``"10G"``), ``ttl``, ``timeout``, ``insecure``;
-    the same meanings and defaults as ``xnatfs mount``."""
+    the same meanings and defaults as ``xnatfs mount``. ``layout="bids"`` shows each project
+    as a BIDS dataset, as ``xnatfs mount --bids`` does."""
 
     protocol = "xnat"
     root_marker = ""
@@ -144,7 +146,7 @@ class XnatFileSystem(AbstractFileSystem):
         self, url: str | None = None, *, user: str | None = None, password: str | None = None,
         jsession: str | None = None, cache_dir: str | None = None,
         cache_size: int | str = "10G", ttl: float = 60.0, timeout: float = 20.0,
-        insecure: bool = False, **kwargs: Any,
+        insecure: bool = False, layout: Layout = "xnat", **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         url = url or os.environ.get("XNAT_URL")
@@ -157,9 +159,11 @@ class XnatFileSystem(AbstractFileSystem):
             raise ValueError(str(exc)) from None
         if ttl <= 0 or timeout <= 0 or size <= 0:
             raise ValueError("ttl, timeout and cache_size must be positive")
+        if layout not in ("xnat", "bids"):
+            raise ValueError(f"layout must be 'xnat' or 'bids', not {layout!r}")
         self.url = base
         self._options = _Options(base, user, password, jsession, cache_dir, size,
-                                 float(ttl), float(timeout), bool(insecure))
+                                 float(ttl), float(timeout), bool(insecure), layout)
 
     def __repr__(self) -> str:
         return f"XnatFileSystem({self.url!r})"
@@ -310,7 +314,13 @@ class XnatFileSystem(AbstractFileSystem):
             **kwargs: Any) -> None:
         """fsspec's ``get`` (same destination rules), done by materialize's engine: files in
         parallel, each verified (size, and MD5 where the server has one) before it appears
-        under its name, and a rerun continues where an interrupted one stopped."""
+        under its name, and a rerun continues where an interrupted one stopped. The BIDS
+        layout, whose paths the engine does not know, is copied file by file through the
+        reader (fsspec's own ``get``)."""
+        if self._options.layout != "xnat":
+            super().get(rpath, lpath, recursive=recursive, callback=callback,
+                        maxdepth=maxdepth, **kwargs)
+            return
         single = isinstance(rpath, str) and isinstance(lpath, str) and not has_magic(rpath) \
             and maxdepth is None
         if single:
@@ -370,7 +380,7 @@ class XnatFileSystem(AbstractFileSystem):
 
     def get_file(self, rpath: str, lpath: str, callback: Callback = DEFAULT_CALLBACK,
                  outfile: Any = None, **kwargs: Any) -> None:
-        if outfile is not None:  # a file object: plain copy through the reader
+        if outfile is not None or self._options.layout != "xnat":  # a copy through the reader
             super().get_file(rpath, lpath, callback=callback, outfile=outfile, **kwargs)
             return
         self.get([self._strip_protocol(rpath)], [lpath], callback=callback)

@@ -25,6 +25,7 @@ from xnatfs.errors import XnatfsError
 COMMANDS = (
     "xnatfs.mount.cli",
     "xnatfs.materialize.cli",
+    "xnatfs.bids.cli",
     "xnatfs.annex.cli",
     "xnatfs.ls",
     "xnatfs.verify",

@@ -72,6 +72,9 @@ def _add_mount_options(p: argparse.ArgumentParser) -> None:
                    help="where a background mount logs its warnings and errors (default: one "
                         "file per mount point in the user log folder, rotated; the mount "
                         "says which)")
+    p.add_argument("--bids", action="store_true",
+                   help="show each project as a BIDS dataset, of what the server already holds "
+                        "as NIfTI with JSON sidecars (nothing converted; see xnatfs bids)")
     p.add_argument("--allow-non-empty", action="store_true",
                    help="mount over a folder that has files (they stay hidden until unmounted)")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",

@@ -28,9 +28,9 @@ from cachetools import LRUCache
 from xnatfs.archive import Archive
 from xnatfs.errors import XnatfsError
 from xnatfs.mount.libfuse import Slice, mfusepy
-from xnatfs.reader.handle import FileHandle
+from xnatfs.reader.handle import FileHandle, MemoryHandle
 from xnatfs.reader.readahead import FolderAhead
-from xnatfs.tree.model import Node, Tree, split_path
+from xnatfs.tree.model import Folders, Node, split_path
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,12 @@ class XnatFS(mfusepy.Operations):
         self, archive: Archive, *, on_init: Callable[[], None] | None = None
     ) -> None:
         self.archive = archive
-        self.tree: Tree = archive.tree
+        self.tree: Folders = archive.view
         self.fetcher = archive.fetcher
         self.folder_ahead = FolderAhead(archive.fetcher)
         self.on_init = on_init
         self.uid, self.gid = os.getuid(), os.getgid()
-        self._handles: dict[int, tuple[FileHandle, dict[str, int], str]] = {}
+        self._handles: dict[int, tuple[FileHandle | MemoryHandle, dict[str, int], str]] = {}
         # path -> attributes, for files open now: fstat() of an open file (the kernel asks by
         # path) never waits on the server, even while a listing hangs
         self._open_attrs: dict[str, tuple[int, dict[str, int]]] = {}  # (open count, attrs)
@@ -212,7 +212,7 @@ class XnatFS(mfusepy.Operations):
         if node.file is None:
             raise mfusepy.FuseOSError(errno.EISDIR)
         file = self.tree.resolve(node)
-        handle: FileHandle = self.archive.open(file)
+        handle = self.archive.open(file)
         self.folder_ahead.opened(folder, siblings, node.file)
         with self._lock:
             fi.fh = next(self._ids)

@@ -73,7 +73,8 @@ def mount(
     archive = Archive.open_for(
         client, cache_dir=args.cache_dir, cache_size=args.cache_size, ttl=args.ttl,
         projects=getattr(args, "project", None), wait=args.timeout,
-        deadline=args.timeout + GRACE, stash=True)
+        deadline=args.timeout + GRACE, stash=True,
+        layout="bids" if getattr(args, "bids", False) else "xnat")
     before = os.stat(mountpoint).st_dev
     live = threading.Event()
 

@@ -70,8 +70,8 @@ class _Folder:
 
     def __init__(self, entries: Children) -> None:
         self.entries = entries
-        self.files = [kid.file for kid in entries.values()
-                      if kid.file is not None and kid.file.size is not None]
+        self.files = [kid.file for kid in entries.values() if kid.file is not None
+                      and kid.file.size is not None and kid.file.data is None]
         self.position = {file.uri: i for i, file in enumerate(self.files)}
         self.last = -2
         self.ahead = -1

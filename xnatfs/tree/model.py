@@ -47,6 +47,9 @@ class RemoteFile:
     uri: str
     size: int | None
     digest: str | None
+    data: bytes | None = None
+    """The bytes of a file made here rather than on the server (a BIDS view's
+    ``dataset_description.json``): served from memory, never fetched."""
 
     @property
     def version(self) -> str:
@@ -60,6 +63,7 @@ class Context:
 
     level: str = ""  # project | subject | session | scan | assessor | reconstruction
     project: str = ""
+    project_name: str = ""
     subject: str = ""
     session: str = ""
     session_id: str = ""
@@ -100,7 +104,51 @@ def parse_time(text: str) -> float | None:
     return None
 
 
-class Tree:
+class Folders:
+    """Path lookups from a root over ``children``: the tree itself, and views of it (the BIDS
+    layout) whose folders are filled from the tree's listings."""
+
+    root: Node
+
+    def children(self, node: Node) -> Children:
+        raise NotImplementedError
+
+    def resolve(self, node: Node) -> RemoteFile:
+        raise NotImplementedError
+
+    def lookup(self, path: str) -> Node:
+        """The node at a tree path like ``/P1/S1/E1/scans``; NotFound if there is none."""
+        node = self.root
+        for part in split_path(path):
+            if not node.is_dir:
+                raise NotFound(f"no such path: {path}")
+            child = self.children(node).get(part)
+            if child is None:
+                raise NotFound(f"no such path: {path}")
+            node = child
+        return node
+
+    def listdir(self, path: str) -> Children:
+        node = self.lookup(path)
+        if not node.is_dir:
+            raise NotADirectoryError(path)
+        return self.children(node)
+
+    def walk(self, path: str = "/") -> Iterator[tuple[str, Node]]:
+        """Every file below ``path`` (or the file itself), as ``(tree path, node)``, in order."""
+        start = self.lookup(path)
+        base = "/".join(split_path(path))
+        stack = [(base, start)]
+        while stack:
+            where, node = stack.pop()
+            if not node.is_dir:
+                yield where, node
+                continue
+            kids = sorted(self.children(node).items(), reverse=True)
+            stack.extend((f"{where}/{name}" if where else name, kid) for name, kid in kids)
+
+
+class Tree(Folders):
     """Tree paths over one XNAT server. Thread-safe."""
 
     def __init__(
@@ -146,37 +194,6 @@ class Tree:
         finally:
             gate.release()
 
-    def lookup(self, path: str) -> Node:
-        """The node at a tree path like ``/P1/S1/E1/scans``; NotFound if there is none."""
-        node = self.root
-        for part in split_path(path):
-            if not node.is_dir:
-                raise NotFound(f"no such path: {path}")
-            child = self.children(node).get(part)
-            if child is None:
-                raise NotFound(f"no such path: {path}")
-            node = child
-        return node
-
-    def listdir(self, path: str) -> Children:
-        node = self.lookup(path)
-        if not node.is_dir:
-            raise NotADirectoryError(path)
-        return self.children(node)
-
-    def walk(self, path: str = "/") -> Iterator[tuple[str, Node]]:
-        """Every file below ``path`` (or the file itself), as ``(tree path, node)``, in order."""
-        start = self.lookup(path)
-        base = "/".join(split_path(path))
-        stack = [(base, start)]
-        while stack:
-            where, node = stack.pop()
-            if not node.is_dir:
-                yield where, node
-                continue
-            kids = sorted(self.children(node).items(), reverse=True)
-            stack.extend((f"{where}/{name}" if where else name, kid) for name, kid in kids)
-
     def resolve(self, node: Node) -> RemoteFile:
         """The node's file with a known size: the listing's, or the server's own when the
         listing had none (XNAT leaves Size empty until a catalog refresh). Sizes asked of the
@@ -209,7 +226,7 @@ class Tree:
         return {name: self._project_node(name, p) for name, p in names.items()}
 
     def _project_node(self, name: str, project: Project) -> Node:
-        ctx = Context(level="project", project=project.id)
+        ctx = Context(level="project", project=project.id, project_name=project.name)
         return Node(name, ctx, self.started, load=lambda: self._load_project(project, ctx),
                     key=("project", project.id))
 

@@ -195,6 +195,16 @@ class XnatClient:
                 return result_rows(document, path)
             attempts.again(failure, what)  # the request again is one more of its tries
 
+    def config(self, project: str, tool: str, path: str) -> bytes | None:
+        """A project's stored configuration (XNAT's config service, ``?contents=true``), or
+        None when it has none (404), e.g. ``config("P", "bids", "bidsmap")``."""
+        try:
+            resp = self.request("GET", data_path("projects", project, "config", tool, path),
+                                params={"contents": "true"}, timeout=self.listing_timeout)
+        except NotFound:
+            return None
+        return resp.content
+
     # -- files ---------------------------------------------------------------------------
 
     def open_file(self, uri: str, start: int = 0, end: int | None = None, *,

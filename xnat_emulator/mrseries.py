@@ -189,24 +189,33 @@ def _pixels(rows: int, columns: int, slices: int, slice_: int, volume: int) -> b
 
 
 def nifti_gz(series: Series, description: str = "") -> bytes:
-    """The gzipped NIfTI-1 volume (int16) of ``series``: dcm2niix's orientation (the rows
-    flipped, so the affine is diagonal with -x), pixdim[4] = TR in seconds, gzip without a
-    timestamp so the same series always gives the same bytes."""
+    """The gzipped NIfTI-1 volume (int16) of ``series`` as dcm2niix writes it: rows flipped
+    (so the y axis runs forward), 3D acquisitions also columns (so x runs right, as dcm2niix
+    reorients them), pixdim[4] the TR in seconds; gzip without a timestamp so the same
+    series always gives the same bytes."""
     x0, y0, z0 = series.origin()
     p, s = series.pixel_mm, series.slice_mm
-    # LPS to RAS: negate x and y; the rows are written bottom-up, so the y axis runs forward
-    affine = ((-p, 0.0, 0.0, -x0), (0.0, p, 0.0, -y0 - (series.rows - 1) * p),
-              (0.0, 0.0, s, z0))
-    header = nifti_image_header(series.shape, affine, series.tr_ms / 1000 if series.volumes > 1
-                                else 0.0, description or series.description)
+    flip_x = series.acquisition == "3D"
+    x_axis = (p, 0.0, 0.0, -x0 - (series.columns - 1) * p) if flip_x else (-p, 0.0, 0.0, -x0)
+    # LPS to RAS: negate x and y
+    affine = (x_axis, (0.0, p, 0.0, -y0 - (series.rows - 1) * p), (0.0, 0.0, s, z0))
+    header = nifti_image_header(series.shape, affine, series.tr_ms / 1000,
+                                description or series.description)
     body = bytearray()
+    width = 2 * series.columns
     for volume in range(series.volumes):
         for slice_ in range(series.slices):
             plane = _pixels(series.rows, series.columns, series.slices, slice_, volume)
-            width = 2 * series.columns
-            body += b"".join(plane[r * width:(r + 1) * width]
-                             for r in reversed(range(series.rows)))
+            for r in reversed(range(series.rows)):
+                row = plane[r * width:(r + 1) * width]
+                body += _reversed_row(row) if flip_x else row
     return gzip.compress(header + bytes(body), compresslevel=6, mtime=0)
+
+
+def _reversed_row(row: bytes) -> bytes:
+    values = array("H", row)
+    values.reverse()
+    return values.tobytes()
 
 
 def sidecar(series: Series, **extra: object) -> dict[str, object]:
@@ -235,6 +244,7 @@ def sidecar(series: Series, **extra: object) -> dict[str, object]:
         "SpacingBetweenSlices": _number(series.slice_mm),
         "EchoTime": _number(series.te_ms / 1000),
         "RepetitionTime": _number(series.tr_ms / 1000),
+        **({} if series.sequence == "EP" else {"SpoilingState": True}),
         "FlipAngle": _number(series.flip),
         "ReconMatrixPE": series.rows,
         "ImageOrientationPatientDICOM": [1, 0, 0, 0, 1, 0],

@@ -187,7 +187,8 @@ class View:
         """The configuration service (``configs``): text as stored, or a ResultSet."""
         tool, _, path = (target.path or "").partition("/")
         query = configs.ConfigQuery(target.project.id if target.project else "", tool, path)
-        contents = self.query.get("contents", "").lower() == "true"
+        # SecureResource.isQueryVariableTrueHelper: present and neither "false" nor "0"
+        contents = self.query.get("contents", "false").lower() not in ("false", "0")
         found = configs.lookup(self.archive.configs, query, contents)
         if not found:
             raise HttpError(404, configs.missing(query, self.user or "guest", contents))
@@ -195,8 +196,10 @@ class View:
             return Response(200, [("Content-Type", "text/plain;charset=UTF-8")],
                             found.encode())
         rows = [{"tool": item} if isinstance(item, str) else item.row() for item in found]
+        # representTable does not filter rows by the query, as the archive listings do
+        query = {k: v for k, v in self.query.items() if k not in configs.CONFIG_COLUMNS}
         return self._listing(rows, ["tool"] if isinstance(found[0], str)
-                             else configs.CONFIG_COLUMNS, always=())
+                             else configs.CONFIG_COLUMNS, always=(), query=query)
 
     # -- site -----------------------------------------------------------------------------
 

@@ -54,6 +54,8 @@ def test_the_project_config_holds_the_bids_map(api: Any) -> None:
     assert json.loads(text.text)[1] == {"pattern": "^ep2d_bold_motor",
                                         "bidsname": "task-motor_bold"}
     assert api.get(MAP_URL, params={"contents": "True"}).text == BIDSMAP  # requests' True
+    assert api.get(MAP_URL, params={"contents": "1"}).text == BIDSMAP  # not false, not 0
+    assert api.get(MAP_URL, params={"contents": "0"}).json()["ResultSet"]["Result"]
     (row,) = api.get(MAP_URL).json()["ResultSet"]["Result"]
     assert row["contents"] == BIDSMAP
     assert {k: row[k] for k in ("tool", "path", "project", "status", "version",

@@ -13,9 +13,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from xnat_emulator.content import Content
+
+if TYPE_CHECKING:
+    from xnat_emulator.configs import Config
 
 EPOCH = 1695835881.352
 """2023-09-27 17:31:21.352 UTC: insert dates count up from here, so they are reproducible."""
@@ -421,6 +424,8 @@ class Archive:
         self.assessors: dict[str, Assessor] = {}
         self.resources: dict[int, Resource] = {}
         self._aliases: dict[str, Project] = {}
+        self.configs: list[Config] = []
+        """The configuration service's documents (``xnat_emulator.configs``)."""
         self._counts = {"subject": 0, "experiment": 0, "resource": 0, "scan": 0, "tick": 0}
 
     def _next(self, what: str) -> int:
@@ -483,6 +488,15 @@ class Archive:
         else:
             owner.resources.append(resource)
         return resource
+
+    def add_config(self, project: Project | None, tool: str, path: str, contents: str) -> Config:
+        """Store a configuration document for ``project`` (None: site-wide)."""
+        from xnat_emulator.configs import Config
+
+        config = Config(tool, path, contents, self._inserted(),
+                        project.id if project is not None else "")
+        self.configs.append(config)
+        return config
 
     def share(self, item: Subject | Experiment, project: Project, label: str) -> None:
         """Share a subject or experiment into ``project`` under ``label``."""

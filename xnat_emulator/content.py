@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -110,3 +110,33 @@ class DiskContent(Content):
                     return
                 yield piece
                 offset += len(piece)
+
+
+class MadeContent(Content):
+    """Bytes a function makes on first use (the size too: a listing is a first use), then
+    keeps: for small files whose every byte is meaningful, such as a DICOM series or a
+    compressed NIfTI volume, which a pool of random bytes cannot stand in for."""
+
+    def __init__(self, make: Callable[[], bytes], mtime: float) -> None:
+        self.make = make
+        self.mtime = mtime
+        self._data: bytes | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            with self._lock:
+                if self._data is None:
+                    self._data = self.make()
+        return self._data
+
+    @property  # type: ignore[override]
+    def size(self) -> int:
+        return len(self.data)
+
+    def chunks(self, offset: int, length: int) -> Iterator[memoryview | bytes]:
+        view = memoryview(self.data)
+        end = min(len(view), offset + length)
+        for start in range(offset, end, BLOCK):
+            yield view[start : min(end, start + BLOCK)]

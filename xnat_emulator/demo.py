@@ -9,5 +9,5 @@ from __future__ import annotations
 from xnat_emulator.synthetic import SyntheticSpec
 
 DEMO_SPEC = SyntheticSpec(projects=1, subjects=3, sessions=2, scans=3, dicoms=20,
-                          dicom_size=64 << 10, niftis=1, nifti_size=8 << 20)
+                          dicom_size=64 << 10, niftis=1, nifti_size=8 << 20, bids=True)
 DEMO_USER, DEMO_PASSWORD = "demo", "demo"

@@ -82,7 +82,7 @@ def dicom_header(size: int, info: SeriesInfo, file_key: str) -> bytes:
 
 
 def _per_file_values(info: SeriesInfo, file_key: str) -> dict[int, bytes]:
-    sop = _uid_value(uid("sop", file_key))
+    sop = uid_value(uid("sop", file_key))
     z = f"{(info.instance - 1) * SLICE_THICKNESS:.1f}".ljust(10).encode()
     return {0x00020003: sop, 0x00080018: sop,
             0x00200013: str(info.instance).ljust(12).encode(),  # IS: spaces do not count
@@ -109,10 +109,10 @@ def _dicom_elements(info: SeriesInfo, own: dict[int, bytes], rows: int,
     """The data set before the padding and pixel data, in tag order."""
     date = info.date.replace("-", "") or "20230201"
     spacing = f"{240 / max(rows, columns, 1):.6f}"[:8]  # the same length for any matrix
-    ds = _text
+    ds = text_value
     return [
         (0x00080008, "CS", ds("ORIGINAL\\PRIMARY\\M\\ND")),
-        (0x00080016, "UI", _uid_value(MR_IMAGE_STORAGE)),
+        (0x00080016, "UI", uid_value(MR_IMAGE_STORAGE)),
         (0x00080018, "UI", own[0x00080018]),
         (0x00080020, "DA", ds(date)),
         (0x00080021, "DA", ds(date)),
@@ -133,15 +133,15 @@ def _dicom_elements(info: SeriesInfo, own: dict[int, bytes], rows: int,
         (0x00180087, "DS", ds("3")),
         (0x00180088, "DS", ds(f"{SLICE_THICKNESS:g}")),
         (0x00185100, "CS", ds("HFS")),
-        (0x0020000D, "UI", _uid_value(uid("study", info.study_key))),
-        (0x0020000E, "UI", _uid_value(uid("series", info.series_key))),
+        (0x0020000D, "UI", uid_value(uid("study", info.study_key))),
+        (0x0020000E, "UI", uid_value(uid("series", info.series_key))),
         (0x00200010, "SH", ds(info.study_id[:16])),
         (0x00200011, "IS", ds(str(info.series_number))),
         (0x00200012, "IS", ds("1")),
         (0x00200013, "IS", own[0x00200013]),
         (0x00200032, "DS", own[0x00200032]),
         (0x00200037, "DS", ds("1\\0\\0\\0\\1\\0")),
-        (0x00200052, "UI", _uid_value(uid("frame", info.study_key))),
+        (0x00200052, "UI", uid_value(uid("frame", info.study_key))),
         (0x00201041, "DS", own[0x00201041]),
         (0x00280002, "US", struct.pack("<H", 1)),
         (0x00280004, "CS", ds("MONOCHROME2")),
@@ -158,25 +158,40 @@ def _dicom_elements(info: SeriesInfo, own: dict[int, bytes], rows: int,
 def _encode_part10(elements: list[tuple[int, str, bytes]], own: dict[int, bytes],
                    padding: int, pixel_bytes: int) -> tuple[bytes, dict[int, int]]:
     """The encoded header, and the offset of each per-file element's value in it."""
-    meta = [
-        (0x00020001, "OB", b"\x00\x01"),
-        (0x00020002, "UI", _uid_value(MR_IMAGE_STORAGE)),
-        (0x00020003, "UI", own[0x00020003]),
-        (0x00020010, "UI", _uid_value(EXPLICIT_VR_LITTLE_ENDIAN)),
-        (0x00020012, "UI", _uid_value(IMPLEMENTATION_CLASS_UID)),
-        (0x00020013, "SH", _text("XNATFS_EMU")),
-    ]
-    meta_length = sum(len(_element(*item)) for item in meta)
+    meta = _file_meta(own[0x00020003])
     out = bytearray(bytes(128) + b"DICM")
-    out += _element(0x00020000, "UL", struct.pack("<I", meta_length))
+    out += _element(0x00020000, "UL", struct.pack("<I", sum(len(_element(*m)) for m in meta)))
     spots: dict[int, int] = {}
-    for tag, vr, value in [*meta, *elements, (0x00290010, "LO", _text(PRIVATE_CREATOR)),
+    for tag, vr, value in [*meta, *elements, (0x00290010, "LO", text_value(PRIVATE_CREATOR)),
                            (0x00291000, "OB", bytes(padding))]:
         out += _element(tag, vr, value)
         if tag in _PER_FILE:
             spots[tag] = len(out) - len(value)
     out += struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes)
     return bytes(out), spots
+
+
+def _file_meta(sop_value: bytes) -> list[tuple[int, str, bytes]]:
+    """Group 0002 after its length: MR Image Storage, explicit VR little endian."""
+    return [
+        (0x00020001, "OB", b"\x00\x01"),
+        (0x00020002, "UI", uid_value(MR_IMAGE_STORAGE)),
+        (0x00020003, "UI", sop_value),
+        (0x00020010, "UI", uid_value(EXPLICIT_VR_LITTLE_ENDIAN)),
+        (0x00020012, "UI", uid_value(IMPLEMENTATION_CLASS_UID)),
+        (0x00020013, "SH", text_value("XNATFS_EMU")),
+    ]
+
+
+def part10(elements: list[tuple[int, str, bytes]], sop_uid: str, pixels: bytes) -> bytes:
+    """A whole DICOM file: preamble, file meta, ``elements`` (in tag order, SOP Instance UID
+    among them) and ``pixels`` as (7FE0,0010) OW. For images whose every value is given."""
+    meta = _file_meta(uid_value(sop_uid))
+    out = bytearray(bytes(128) + b"DICM")
+    out += _element(0x00020000, "UL", struct.pack("<I", sum(len(_element(*m)) for m in meta)))
+    for tag, vr, value in [*meta, *elements, (0x7FE00010, "OW", pixels)]:
+        out += _element(tag, vr, value)
+    return bytes(out)
 
 
 def _element(tag: int, vr: str, value: bytes) -> bytes:
@@ -187,13 +202,13 @@ def _element(tag: int, vr: str, value: bytes) -> bytes:
     return struct.pack("<HH2sH", group, element, vr.encode(), len(value)) + value
 
 
-def _text(value: str) -> bytes:
+def text_value(value: str) -> bytes:
     """A text value padded with a space to even length; non-ASCII becomes '?'."""
     raw = value.encode("ascii", "replace")
     return raw + b" " * (len(raw) % 2)
 
 
-def _uid_value(value: str) -> bytes:
+def uid_value(value: str) -> bytes:
     raw = value.encode("ascii")
     return raw + b"\0" * (len(raw) % 2)
 
@@ -243,5 +258,37 @@ def nifti_header(data_bytes: int, description: str = "xnatfs emulator") -> bytes
     struct.pack_into("<6f", header, 256, 0.0, 0.0, 0.0, -120.0, -120.0, -60.0)
     struct.pack_into("<12f", header, 280, 3.75, 0, 0, -120.0, 0, 3.75, 0, -120.0,
                      0, 0, 4.0, -60.0)
+    header[344:348] = b"n+1\0"
+    return bytes(header)
+
+
+def nifti_image_header(shape: tuple[int, ...], affine: tuple[tuple[float, ...], ...],
+                       tr: float = 0.0, description: str = "xnatfs emulator") -> bytes:
+    """The 352-byte header of an int16 NIfTI-1 single file of an axis-aligned image.
+
+    ``affine`` is the 3x4 voxel-to-RAS matrix (mm), diagonal in its first three columns, as
+    for images acquired along the scanner's axes; it goes into the sform and, as a 180-degree
+    rotation and qfac, into the qform, so readers that prefer either agree. ``tr`` (seconds)
+    is pixdim[4] of a 4D series, which BIDS tools check against the sidecar.
+    """
+    scales = [affine[i][i] for i in range(3)]
+    assert all(affine[i][j] == 0 for i in range(3) for j in range(3) if i != j), affine
+    qfac = -1.0 if scales[0] * scales[1] * scales[2] < 0 else 1.0
+    signs = tuple(1 if s > 0 else -1 for s in (scales[0], scales[1], scales[2] * qfac))
+    # a proper rotation with only +-1 on the diagonal is the identity or a half turn
+    quatern = {(1, 1, 1): (0.0, 0.0, 0.0), (1, -1, -1): (1.0, 0.0, 0.0),
+               (-1, 1, -1): (0.0, 1.0, 0.0), (-1, -1, 1): (0.0, 0.0, 1.0)}[signs]
+    header = bytearray(NIFTI_HEADER_SIZE)
+    struct.pack_into("<i", header, 0, 348)
+    header[38] = ord("r")
+    struct.pack_into("<8h", header, 40, len(shape), *shape, *[1] * (7 - len(shape)))
+    struct.pack_into("<hhh", header, 70, NIFTI_INT16, 16, 0)
+    struct.pack_into("<8f", header, 76, qfac, *map(abs, scales), tr, 0.0, 0.0, 0.0)
+    struct.pack_into("<fff", header, 108, float(NIFTI_HEADER_SIZE), 1.0, 0.0)
+    header[123] = 2 | 8  # millimetres, seconds
+    header[148:148 + 80] = description.encode("ascii", "replace")[:79].ljust(80, b"\0")
+    struct.pack_into("<hh", header, 252, 1, 1)  # qform and sform: scanner coordinates
+    struct.pack_into("<6f", header, 256, *quatern, *(row[3] for row in affine))
+    struct.pack_into("<12f", header, 280, *(value for row in affine for value in row))
     header[344:348] = b"n+1\0"
     return bytes(header)

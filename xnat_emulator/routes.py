@@ -146,6 +146,8 @@ class Router:
                 return Target("search_elements")
             case ["search", "elements", name]:
                 return Target("search_element", path=name)
+            case ["config", *more]:
+                return Target("config", path="/".join(more))
             case ["projects", *more]:
                 return self._projects(more)
             case ["subjects", *more]:
@@ -160,6 +162,8 @@ class Router:
         if not rest:
             return Target("projects")
         project = self.archive.find_project(xml_escape(rest[0]))
+        if rest[1:2] == ["config"]:
+            return self._project_config(rest[0], project, rest[2:])
         if project is None or not project.visible_to(self.user):
             raise not_found("Unable to find the specified project.")
         rest = rest[1:]
@@ -185,6 +189,15 @@ class Router:
                 raise not_found("Unable to find the specified experiment.")
             return self._experiment(experiment, rest[1:], project=project)
         return self._owned_files(head, [project], rest, Scope([], False, project=project))
+
+    def _project_config(self, key: str, project: Project | None, rest: list[str]) -> Target:
+        """``ConfigResource``'s own checks: an unknown (or invisible) project is a 404, one
+        the user cannot read a 403 (docs/xnat-api.md §13)."""
+        if project is None or not project.visible_to(self.user):
+            raise not_found(f"The requested project {key} does not exist.")
+        if not project.readable_by(self.user):
+            raise HttpError(403, f"User {self.user or 'guest'} can not access project {key}")
+        return Target("config", project=project, path="/".join(rest))
 
     def _subject(self, project: Project, subject: Subject, rest: list[str]) -> Target:
         if not rest:

@@ -3,7 +3,8 @@
 ``SyntheticSpec`` says how many of everything; ``synthetic_archive`` builds the same archive
 (same IDs, labels and bytes) for the same spec, in any process. ``hostile=True`` adds a set
 of awkward cases seen on real servers (docs/xnat-api.md §12): odd labels, duplicate resource
-labels, missing files, empty digests, sharing, private and protected projects. Each file is
+labels, missing files, empty digests, sharing, private and protected projects. ``bids=True``
+adds a project of MR sessions for BIDS tools (``bidsdata``). Each file is
 real of the kind its name says (DICOM, NIfTI, gzip, text, JSON, PDF; see ``filetypes``).
 """
 
@@ -15,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from xnat_emulator.archive import EPOCH, Archive, Experiment, Owner, Resource
+from xnat_emulator.bidsdata import add_bids_project
 from xnat_emulator.filetypes import synthetic_content
 from xnat_emulator.hostile import add_hostile
 from xnat_emulator.values import BadValue, parse_size
@@ -46,6 +48,8 @@ class SyntheticSpec:
     assessors: int = 1
     reconstructions: int = 0
     hostile: bool = False
+    bids: bool = False
+    """Add project BIDS01: MR sessions before and after BIDS conversion (``bidsdata``)."""
     seed: int = 0
     members: tuple[str, ...] = ("alice", "demo")
     """Users who belong to the private and protected projects of the hostile set."""
@@ -121,6 +125,8 @@ def synthetic_archive(spec: SyntheticSpec) -> Archive:
                 _fill_session(build, session)
     if spec.hostile:
         add_hostile(build)
+    if spec.bids:
+        add_bids_project(archive, spec.seed)
     return archive
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources as package_data
 
-from xnat_emulator import downloads, listings, pages
+from xnat_emulator import configs, downloads, listings, pages
 from xnat_emulator.archive import EPOCH, Archive, Assessor, Reconstruction, Scan
 from xnat_emulator.knobs import EmulatorConfig
 from xnat_emulator.listings import table
@@ -182,6 +182,24 @@ class View:
         assert isinstance(r, Reconstruction)
         return self._item("xnat:reconstructedImageData", r.parent.inserted, {
             "ID": r.id, "type": r.type, "baseScanType": r.base_scan_type}, r.id)
+
+    def _config(self, target: Target) -> Response:
+        """The configuration service (``configs``): text as stored, or a ResultSet."""
+        tool, _, path = (target.path or "").partition("/")
+        query = configs.ConfigQuery(target.project.id if target.project else "", tool, path)
+        # SecureResource.isQueryVariableTrueHelper: present and neither "false" nor "0"
+        contents = self.query.get("contents", "false").lower() not in ("false", "0")
+        found = configs.lookup(self.archive.configs, query, contents)
+        if not found:
+            raise HttpError(404, configs.missing(query, self.user or "guest", contents))
+        if isinstance(found, str):  # Restlet's StringRepresentation: text/plain in UTF-8
+            return Response(200, [("Content-Type", "text/plain;charset=UTF-8")],
+                            found.encode())
+        rows = [{"tool": item} if isinstance(item, str) else item.row() for item in found]
+        # representTable does not filter rows by the query, as the archive listings do
+        query = {k: v for k, v in self.query.items() if k not in configs.CONFIG_COLUMNS}
+        return self._listing(rows, ["tool"] if isinstance(found[0], str)
+                             else configs.CONFIG_COLUMNS, always=(), query=query)
 
     # -- site -----------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ def nifti_image(data: bytes, tmp_path: Path, name: str) -> nibabel.Nifti1Image:
 
 
 def test_dicom_scans_are_series_of_one_study(demo: Archive) -> None:
+    assert sorted(demo.projects) == ["BIDS01", "PROJ01"]  # the synthetic and the BIDS project
     files = [f for f in session_files(demo) if f.name.endswith(".dcm")]
     series: dict[str, list[pydicom.Dataset]] = {}
     for f in files:
@@ -88,7 +89,9 @@ def test_niftis_are_gzipped_volumes(demo: Archive, tmp_path: Path) -> None:
 
 
 def test_text_json_and_pdf_documents(demo: Archive) -> None:
-    docs = [f for f in demo.files() if f.name.endswith((".txt", ".json"))]
+    # the synthetic project's documents; BIDS01's sidecars are dcm2niix's (tab-indented)
+    docs = [f for f in demo.files() if f.name.endswith((".txt", ".json"))
+            and f.project_id == "PROJ01"]
     assert {f.name.rsplit(".", 1)[1] for f in docs} == {"txt", "json"}
     for f in docs:
         text = f.read().decode("ascii")
@@ -139,7 +142,8 @@ def test_dcm2niix_converts_a_scan_folder_of_the_mounted_demo(
         oracle: Callable[..., Oracle], tmp_path: Path) -> None:
     emulator = make_emulator(demo)
     m, o = mount(emulator), oracle(emulator)
-    first = next(p for p in sorted(o.files) if p.endswith("/0001.dcm"))
+    first = next(p for p in sorted(o.files) if p.startswith("PROJ01/") and
+                 p.endswith("/0001.dcm"))
     # the folder the README's dcm2niix example converts
     assert first == "PROJ01/S001/S001_MR1/scans/1-T1w/resources/DICOM/files/0001.dcm"
     scan = m / os.path.dirname(first)

@@ -136,8 +136,7 @@ def _export(args: argparse.Namespace, archive: Archive, plan: Plan) -> int:
             export.converter = dcm2niix()
             check_converter(export.converter)
         except ConverterMissing as exc:
-            print(f"xnatfs: {exc}: series held only as DICOM cannot be converted",
-                  file=sys.stderr)
+            export.converter, export.no_converter = None, str(exc)
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:

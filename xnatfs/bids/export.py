@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 from xnatfs.archive import Archive
 from xnatfs.bids import dataset
-from xnatfs.bids.convert import ConversionError, ConverterMissing, complete_sidecar, convert
+from xnatfs.bids.convert import complete_sidecar, convert
 from xnatfs.bids.plan import IMAGE_EXTENSIONS, Plan, Series, split_extension
 from xnatfs.bids.state import State, origin
 from xnatfs.errors import IntegrityError, LocalError, OutputFailed, XnatfsError
@@ -63,6 +63,8 @@ class Export:
 
     def __init__(self, archive: Archive, root: str, plan: Plan, *, jobs: int,
                  converter: str | None, threads: int | None = None) -> None:
+        """``converter``: the dcm2niix binary; None until set (``no_converter`` says why,
+        and series held only as DICOM then fail without a download)."""
         self.archive = archive
         self.root = root
         self.plan = plan
@@ -76,6 +78,7 @@ class Export:
                                            thread_name_prefix="xnatfs-dcm2niix")
         self._pending: list[Future[None]] = []
         self._fatal: XnatfsError | None = None
+        self.no_converter = "dcm2niix is not available"
 
     def todo(self) -> tuple[list[Series], list[Series]]:
         """(series to write, series unchanged since the last run)."""
@@ -93,7 +96,12 @@ class Export:
                 for series in write:
                     if series.reused:
                         copies.submit(self._guard, series, self._reuse)
-                self._download([s for s in write if not s.reused])
+                dicom = [s for s in write if not s.reused]
+                if self.converter is None:
+                    for series in dicom:
+                        self._failed(series, self.no_converter)
+                else:
+                    self._download(dicom)
             for future in self._pending:
                 future.result()
         finally:
@@ -171,8 +179,7 @@ class Export:
             self._pending.append(self._convert.submit(self._guard, series, self._dcm2niix))
 
     def _dcm2niix(self, series: Series) -> None:
-        if self.converter is None:
-            raise ConverterMissing("dcm2niix is not available")
+        assert self.converter is not None
         dicom = os.path.join(self.work, "dicom", series.dicom_path)
         produced = convert(self.converter, dicom, self._scratch(series), series.name,
                            series.stem)
@@ -223,11 +230,11 @@ class Export:
         """Run one series' step; its failure is the series', unless no series can succeed."""
         try:
             step(series)  # type: ignore[operator]
-        except (ConverterMissing, OutputFailed) as exc:
+        except OutputFailed as exc:
             with self._lock:
                 self._fatal = self._fatal or exc
             self._failed(series, str(exc))
-        except (ConversionError, XnatfsError) as exc:
+        except XnatfsError as exc:  # ConversionError and ConverterMissing among them
             self._failed(series, str(exc))
         except OSError as exc:
             self._failed(series, f"cannot write it: {exc.strerror or exc}")

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from xnatfs.errors import IntegrityError
-from xnatfs.materialize.zipstream import EntryCorrupt, ZipFormatError, ZipStream
+from xnatfs.reader.zipstream import EntryCorrupt, ZipFormatError, ZipStream
 
 FILES = {"S/scans/1-T1/resources/DICOM/files/a.dcm": b"a" * 1000,
          "S/scans/1-T1/resources/DICOM/files/sub/b.dcm": b"\x00PK\x07\x08" * 300,

@@ -28,7 +28,7 @@ from xnatfs.errors import AuthError, IntegrityError, OutputFailed, XnatfsError
 from xnatfs.materialize.output import Output, PartFile
 from xnatfs.materialize.plan import PlannedFile, PlannedResource
 from xnatfs.materialize.report import Change, Report
-from xnatfs.materialize.zipstream import EntryCorrupt, ZipFormatError, ZipStream
+from xnatfs.reader.zipstream import EntryCorrupt, ZipFormatError, ZipStream
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 

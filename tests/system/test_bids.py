@@ -201,3 +201,33 @@ def test_fsspec_shows_the_same_bids_view(server: Emulator) -> None:
         ["sub-B001\tB001", "sub-B003\tB003"]
     nii = "BIDS01/sub-B003/ses-MR1/anat/sub-B003_ses-MR1_T1w.nii.gz"
     assert fs.info(nii)["size"] > 0 and fs.cat_file(nii)[:2] == b"\x1f\x8b"
+
+
+def test_an_export_killed_midway_is_finished_by_the_rerun(
+        make_emulator: Callable[..., Emulator], bids_archive: Archive, tmp_path: Path) -> None:
+    # slow bodies: the kill lands while series are still arriving
+    emu = make_emulator(bids_archive, bandwidth=1.5e6, bandwidth_kinds=frozenset({"file",
+                                                                                   "zip"}))
+    out = tmp_path / "bids"
+    child = subprocess.Popen([sys.executable, "-m", "xnatfs", "bids", emu.url, "BIDS01", "-u",
+                              "alice", "-o", str(out)], env={**os.environ, "XNAT_PASS": "secret"},
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = out / ".xnatfs" / "bids.json"
+    try:
+        while not state.exists():  # the first series committed
+            try:
+                child.wait(timeout=0.02)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        child.kill()
+    finally:
+        child.wait()
+    written = json.loads(state.read_text())["entries"] if state.exists() else {}
+    assert len(written) < 9, "the run finished before the kill"
+    done, summary = export(make_emulator(bids_archive), out)
+    assert done.returncode == 0, done.stderr
+    assert len(summary["unchanged"]) + len(summary["converted"]) + len(summary["reused"]) == 9
+    assert validate(out) == []
+    entries = json.loads(state.read_text())["entries"]
+    assert len(entries) == 9 and not [k for k, e in entries.items() if e["pending"]]

@@ -158,8 +158,8 @@ def _skipped(plan: Plan) -> list[dict[str, str]]:
 def _print_plan(plan: Plan, write: list[Series], same: list[Series], root: str,
                 as_json: bool) -> int:
     rows = [{"series": s.key, "description": s.description, "scan": s.scan,
-             "action": "reuse" if s.reused else "convert", "source": s.source}
-            for s in write]
+             "action": "reuse" if s.reused else "convert", "source": s.source,
+             "dicom": s.dicom_path} for s in write]
     rows += [{"series": s.key, "description": s.description, "scan": s.scan,
               "action": "unchanged", "source": s.source} for s in same]
     skipped = _skipped(plan)

@@ -33,9 +33,11 @@ def demo_client(timeout: float) -> XnatClient:
 def demo_banner(client: XnatClient, where: str) -> str:
     from xnat_emulator.demo import DEMO_PASSWORD, DEMO_USER
 
-    project = sorted(p["ID"] for p in client.listing("/data/projects"))[0]
+    ids = sorted(p["ID"] for p in client.listing("/data/projects"))
+    project = "PROJ01" if "PROJ01" in ids else ids[0]
     m = shlex.quote(where if where.startswith("/") else "./" + where)
-    return "\n".join([
+    xnatfs = stop_command().removesuffix(" umount")
+    lines = [
         f"xnatfs demo: a synthetic XNAT archive is mounted at {m}",
         f"(served by the bundled emulator at {client.base_url}, user {DEMO_USER}/{DEMO_PASSWORD})",
         "",
@@ -45,9 +47,17 @@ def demo_banner(client: XnatClient, where: str) -> str:
         f"  find {m} -name '*.nii*' -exec md5sum {{}} +",
         f"  cp -r {m}/{project}/<subject>/<session> /tmp/session",
         f"  du -sh {m}/{project}",
-        "",
-        f"When done:  {stop_command()} {m}",
-    ])
+    ]
+    if "BIDS01" in ids:
+        lines += [
+            "",
+            "BIDS (project BIDS01): a dataset converted with dcm2niix where the server has only",
+            "DICOM, reused where it has NIfTI with sidecars; then the lazy view of the latter:",
+            f"  XNAT_PASS={DEMO_PASSWORD} {xnatfs} bids {client.base_url} BIDS01 -u {DEMO_USER} "
+            "-o /tmp/bids",
+            f"  {xnatfs} demo --bids /tmp/xnat-bids && ls -R /tmp/xnat-bids/BIDS01",
+        ]
+    return "\n".join([*lines, "", f"When done:  {stop_command()} {m}"])
 
 
 def stop_command() -> str:

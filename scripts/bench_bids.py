@@ -40,7 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    start = header(["dcm2niix"])
+    start = header([])
     table = Table(("figure", "median wall", "runs"))
     with scratch("xnatfs-bench-bids-") as work:
         home = work / "home"

@@ -8,9 +8,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +16,11 @@ from typing import Any
 import nibabel
 import pytest
 
+from tests.support.dicom import DCM2NIIX, convert_series
 from xnat_emulator import Archive, Emulator, SyntheticSpec, synthetic_archive
 from xnat_emulator.archive import Access
 from xnat_emulator.bidsdata import BIDSMAP
 
-DCM2NIIX = shutil.which("dcm2niix") or shutil.which("dcm2niix",
-                                                   path=os.path.dirname(sys.executable))
 MAP_URL = "/data/projects/BIDS01/config/bids/bidsmap"
 
 
@@ -116,12 +112,7 @@ def test_dcm2niix_converts_each_series(api: Any, archive: Archive, tmp_path: Pat
     entries = zipfile.ZipFile(io.BytesIO(zipped.content))
     entries.extractall(tmp_path / "zip")
     dicom = tmp_path / "zip" / os.path.dirname(entries.namelist()[0])  # deeper than -d 5
-    out = tmp_path / "out"
-    out.mkdir()
-    done = subprocess.run([DCM2NIIX, "-z", "y", "-f", "%d_%s", "-o", str(out), str(dicom)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (volume,) = out.glob("*.nii.gz")
+    volume = convert_series(dicom, tmp_path / "out")
     assert volume.name == f"{description}_{scan}.nii.gz"
     image = nibabel.load(volume)
     assert image.shape == shape

@@ -9,9 +9,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 
+from tests.support.dicom import DCM2NIIX, convert_series
 from tests.support.mount import Mount, needs_fuse
 from tests.support.oracle import Oracle
 from xnat_emulator import Archive, Emulator, File, synthetic_archive
@@ -28,9 +26,6 @@ from xnat_emulator.demo import DEMO_SPEC as DEMO
 from xnat_emulator.filetypes import series_info
 from xnat_emulator.imaging import NIFTI_HEADER_SIZE, dicom_header, nifti_header
 from xnat_emulator.storedgzip import FULL_MEMBER, StoredGzipContent
-
-DCM2NIIX = shutil.which("dcm2niix") or shutil.which("dcm2niix",
-                                                   path=os.path.dirname(sys.executable))
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +148,7 @@ def test_dcm2niix_converts_a_scan_folder_of_the_mounted_demo(
         o.read(nifti), tmp_path, "x.nii.gz").shape
     if DCM2NIIX is None:
         pytest.skip("dcm2niix is not installed")
-    out = tmp_path / "nifti"
-    out.mkdir()
-    done = subprocess.run([DCM2NIIX, "-z", "y", "-f", "%d_%s", "-o", str(out), str(scan)],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
-    (converted,) = out.glob("*.nii.gz")
+    converted = convert_series(scan, tmp_path / "nifti")
     assert converted.name == f"{dataset.SeriesDescription}_{dataset.SeriesNumber}.nii.gz"
     volume = nibabel.load(converted)
     assert volume.shape == (dataset.Columns, dataset.Rows, DEMO.dicoms)

@@ -125,6 +125,8 @@ def _read_bidsmap(path: str) -> Bidsmap:
 def _export(args: argparse.Namespace, archive: Archive, plan: Plan) -> int:
     from xnatfs.bids.convert import ConverterMissing, check_converter, dcm2niix
     from xnatfs.bids.export import Export
+    from xnatfs.materialize.dirlock import DirLock
+    from xnatfs.materialize.selection import Shard
 
     root = os.path.abspath(args.output)
     export = Export(archive, root, plan, jobs=args.jobs, converter=None)
@@ -141,11 +143,15 @@ def _export(args: argparse.Namespace, archive: Archive, plan: Plan) -> int:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create {root}: {exc.strerror or exc}") from None
+    lock = DirLock(root, Shard(1, 1), lambda line: print(f"xnatfs: {line}", file=sys.stderr))
+    lock.acquire()  # one export at a time in DIR: two would rename each other's files
     try:
         summary = export.run()
     except KeyboardInterrupt:
         print("xnatfs: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        lock.release()
     _print_summary(plan, summary, args.json)
     return 0 if summary.ok else 1
 

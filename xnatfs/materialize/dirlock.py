@@ -45,7 +45,7 @@ class DirLock:
         except BlockingIOError:
             if not self._said:
                 self._said = True
-                self._say(f"another materialize is writing into {self.root}; "
+                self._say(f"another xnatfs run is writing into {self.root}; "
                           "waiting for it to finish")
             fcntl.flock(fd, mode)
 

@@ -14,7 +14,7 @@ import pytest
 from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.cli import main
-from xnatfs.materialize.zipfetch import ZIP_MIN_FILES
+from xnatfs.reader.zipstream import ZIP_MIN_FILES
 
 DICOMS = 24
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=4, dicoms=DICOMS, dicom_size=700,

@@ -53,7 +53,8 @@ from xnatfs.materialize.plan import ListingFailure, PlannedFile, PlannedResource
 from xnatfs.materialize.report import Change, Outcome, PlanRow, Report, Result
 from xnatfs.materialize.selection import Selection
 from xnatfs.materialize.workers import Task, Workers
-from xnatfs.materialize.zipfetch import Fetched, ZipJob, ZipTrust, zip_candidates, zip_worth
+from xnatfs.materialize.zipfetch import Fetched, ZipJob, ZipTrust, zip_candidates
+from xnatfs.reader.zipstream import zip_worth
 from xnatfs.tree.model import RemoteFile, Tree
 
 log = logging.getLogger(__name__)

@@ -28,25 +28,19 @@ from xnatfs.errors import AuthError, IntegrityError, OutputFailed, XnatfsError
 from xnatfs.materialize.output import Output, PartFile
 from xnatfs.materialize.plan import PlannedFile, PlannedResource
 from xnatfs.materialize.report import Change, Report
-from xnatfs.reader.zipstream import EntryCorrupt, ZipFormatError, ZipStream
+from xnatfs.reader.zipstream import (
+    ZIP_TRIES,
+    EntryCorrupt,
+    EntryNames,
+    ZipFormatError,
+    ZipStream,
+    zip_worth,
+)
 from xnatfs.tree.model import RemoteFile
 from xnatfs.xnat.client import XnatClient
 
 log = logging.getLogger(__name__)
 
-ZIP_MIN_FILES = 8
-"""Fewer wanted files than this go one by one: their catalog cost is small, and a zip's
-entries cannot be ranged, resumed or fetched in parallel."""
-ZIP_MIN_SHARE = 0.5
-"""A zip sends the whole resource: below half of it wanted, most of its bytes are waste."""
-ZIP_TRIES = 3
-"""Zips of one resource, at most, before what is left of it comes file by file."""
-
-
-def zip_worth(wanted: int, listed: int) -> bool:
-    """The rule, from the listing alone: at least ``ZIP_MIN_FILES`` files to fetch and at
-    least ``ZIP_MIN_SHARE`` of the resource's listed files."""
-    return wanted >= ZIP_MIN_FILES and wanted >= ZIP_MIN_SHARE * listed
 
 
 class ZipTrust:
@@ -119,7 +113,7 @@ class ZipJob:
         self.resource = resource
         self.todo = todo
         self.tries = tries
-        self._prefix: str | None = None
+        self._names = EntryNames(resource.listed)
 
     def run(self) -> None:
         """Stream the zip; whatever it did not deliver is handed on (``_rest``)."""
@@ -179,19 +173,8 @@ class ZipJob:
             self._entry(stream, rel, remote, size, *wanted)
 
     def _relpath(self, name: str) -> str:
-        """The listed file an entry name stands for: what follows the resource's
-        ``/files/``. The prefix before it is the same for every entry; it is learnt from the
-        first one (the longest tail that names a listed file)."""
-        if self._prefix is not None:
-            rel = name[len(self._prefix):] if name.startswith(self._prefix) else None
-        else:
-            rel, at = None, name.find("/files/")
-            while at >= 0:
-                if name[at + 7:] in self.resource.listed:
-                    rel, self._prefix = name[at + 7:], name[:at + 7]
-                    break
-                at = name.find("/files/", at + 1)
-        if rel is None or rel not in self.resource.listed:
+        rel = self._names.rel(name)
+        if rel is None:
             raise ZipFormatError(f"zip entry {name!r} is no file the listing has")
         return rel
 

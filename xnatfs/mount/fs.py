@@ -192,6 +192,10 @@ class XnatFS(mfusepy.Operations):
             self._entries.pop(fh, None)
         return 0
 
+    def destroy(self, path: str | None) -> None:
+        """The mount is going: stop the zip read-aheads under way."""
+        self.folder_ahead.close()
+
     def statfs(self, path: str) -> dict[str, int]:
         return {"f_bsize": BLOCK, "f_frsize": BLOCK, "f_namemax": 255}
 

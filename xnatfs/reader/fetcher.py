@@ -582,6 +582,27 @@ class Fetcher:
         with item.lock:
             item.taken.wait_for(lambda: len(item.held) < HELD_AHEAD, timeout=self.deadline)
 
+    def offer(self, file: RemoteFile, data: bytes) -> bool:
+        """Take a one-chunk file's bytes that came some other way (an entry of its resource's
+        zip, whose size and MD5 the caller checked) as if a GET had brought them: through the
+        claim, the MD5 check and the epoch rules of every delivery, to the disk cache (memory
+        without one). Nothing happens to a file cached, being fetched or of several chunks;
+        False then, or if the delivery was refused."""
+        item = self.items(file)
+        if item.count != 1 or self.have(file, 0):
+            return False
+        epoch = _epoch(item)
+        claims = self._claim(item, [0])
+        if not claims:
+            return False
+        try:
+            self._deliver(item, 0, Checked.of(data), claims, memory=self.cache is None,
+                          disk=True, ranged=False, epoch=epoch)
+        except BaseException as exc:
+            self._fail(item, claims, exc)
+            return False
+        return True
+
     # -- what the checks need (integrity.Chunks) ---------------------------------------------
 
     def have(self, file: RemoteFile, index: int) -> bool:

@@ -9,6 +9,9 @@ when the reader seeks. The fetcher's pool bounds the total across all open files
 round trip while the next waits. Once two files of a folder are opened in order, the next
 ``FILES_AHEAD`` are fetched (their first chunk) in parallel; a jump elsewhere stops it. Enough
 of them to keep a high-latency link full (issue 8 measured 5-7 requests in flight with 16).
+A resource's own ``files`` folder walked so, with enough of it still ahead to be worth one
+zip, comes as a zip stream instead (``zipahead``): on XNAT each single-file GET parses the
+resource's whole catalog.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from cachetools import LRUCache
 
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.policy import FIRST_WINDOW, MAX_WINDOW, STREAMS, TOLERANCE, Window
+from xnatfs.reader.zipahead import ZipAhead, resource_of
+from xnatfs.reader.zipstream import ZIP_TRIES, zip_worth
 from xnatfs.tree.model import Children, RemoteFile
 
 FILES_AHEAD = 32  # files of a folder fetched ahead of one that is read file after file
@@ -75,15 +80,22 @@ class _Folder:
         self.position = {file.uri: i for i, file in enumerate(self.files)}
         self.last = -2
         self.ahead = -1
+        whole = all(kid.file is not None for kid in entries.values())
+        self.resource = resource_of(self.files) if whole and self.files else None
+        self.zip: ZipAhead | None = None
+        self.zips = 0  # zips started for this listing of the folder
 
 
 class FolderAhead:
     """Read-ahead across the files of folders (see the module docstring). Thread-safe."""
 
-    def __init__(self, fetcher: Fetcher, *, files_ahead: int = FILES_AHEAD) -> None:
+    def __init__(self, fetcher: Fetcher, *, files_ahead: int = FILES_AHEAD,
+                 zips: bool = True) -> None:
         self.fetcher = fetcher
         self.files_ahead = files_ahead
+        self.zips = zips
         self._folders: LRUCache[str, _Folder] = LRUCache(64)
+        self._broken: set[str] = set()  # resources whose zip could not be followed
         self._lock = threading.Lock()
 
     def opened(self, folder: str, entries: Children, file: RemoteFile) -> None:
@@ -99,6 +111,8 @@ class FolderAhead:
             state.last = position
             if not in_order:
                 return
+            if self._zipped(state, position):
+                return
             first = max(position + 1, state.ahead + 1)
             last = min(position + self.files_ahead, len(state.files) - 1)
             state.ahead = max(state.ahead, last)
@@ -106,3 +120,32 @@ class FolderAhead:
         for ahead in wanted:
             if ahead.size:
                 self.fetcher.prefetch(ahead, 0, 0)
+
+    def _zipped(self, state: _Folder, position: int) -> bool:
+        """Whether a zip brings the rest of this folder (started now if it is worth one)."""
+        zipper = state.zip
+        if zipper is not None:
+            if zipper.broken:
+                self._broken.add(zipper.resource)
+            if zipper.running:
+                zipper.opened(position)
+                return True
+            if zipper.finished or state.zips >= ZIP_TRIES:
+                return False  # what it did not bring comes file by file
+            state.zip = None
+        resource = state.resource
+        ahead = len(state.files) - position - 1
+        if not self.zips or resource is None or resource in self._broken or \
+                not zip_worth(ahead, len(state.files)):
+            return False
+        state.zips += 1
+        state.zip = ZipAhead(self.fetcher, resource, state.files, position,
+                             timeout=self.fetcher.deadline).start()
+        return True
+
+    def close(self) -> None:
+        """Stop the zips under way (the mount is going)."""
+        with self._lock:
+            for state in self._folders.values():
+                if state.zip is not None:
+                    state.zip.stop()

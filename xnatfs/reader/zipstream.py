@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 from xnatfs.errors import IntegrityError, XnatfsError
@@ -31,6 +31,46 @@ _STORED = 0
 _HAS_DESCRIPTOR = 0x08
 _ZIP64 = 0x0001
 PIECE = 1 << 20
+
+ZIP_MIN_FILES = 8
+"""Fewer wanted files than this go one by one: their catalog cost is small, and a zip's
+entries cannot be ranged, resumed or fetched in parallel."""
+ZIP_MIN_SHARE = 0.5
+"""A zip sends the whole resource: below half of it wanted, most of its bytes are waste."""
+
+
+ZIP_TRIES = 3
+"""Zips of one resource, at most, before what is left of it comes file by file."""
+
+
+def zip_worth(wanted: int, listed: int) -> bool:
+    """The rule, from the listing alone: at least ``ZIP_MIN_FILES`` files to fetch and at
+    least ``ZIP_MIN_SHARE`` of the resource's listed files."""
+    return wanted >= ZIP_MIN_FILES and wanted >= ZIP_MIN_SHARE * listed
+
+
+class EntryNames:
+    """Which listed file an entry name stands for: what follows the resource's ``/files/``.
+    The prefix before it is the same for every entry (``<session>/scans/<ID>-<type>/
+    resources/<label>/files/``, by XNAT's ``structure``); it is learnt from the first entry,
+    as the longest tail that names a listed file. Names are untrusted: they only ever select
+    a listed file."""
+
+    def __init__(self, listed: Collection[str]) -> None:
+        self.listed = listed
+        self._prefix: str | None = None
+
+    def rel(self, name: str) -> str | None:
+        if self._prefix is not None:
+            rel = name[len(self._prefix):] if name.startswith(self._prefix) else None
+        else:
+            rel, at = None, name.find("/files/")
+            while at >= 0:
+                if name[at + 7:] in self.listed:
+                    rel, self._prefix = name[at + 7:], name[:at + 7]
+                    break
+                at = name.find("/files/", at + 1)
+        return rel if rel is not None and rel in self.listed else None
 
 
 class ZipFormatError(XnatfsError):

@@ -8,6 +8,8 @@ times, each in a fresh process and a fresh folder:
 
 * ``xnatfs materialize URL PROJ01 -o DIR`` (the resource comes as one zip);
 * xnatpy (PyPI ``xnat``) ``resource.download_dir`` (one zip, unpacked);
+* ``cp -r`` of the scan's files folder through a fresh ``xnatfs mount`` (an empty cache): the
+  mount's read-ahead takes a folder walked in order as one zip;
 * with ``--per-file``: ``xnatfs materialize --no-zip`` (a GET per file, the old route; at the
   defaults this alone takes about N^2 * cost / cores = 90 s).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -46,6 +49,23 @@ def xnatpy_download_dir(url: str) -> Timing:
         return timed("xnatpy download_dir", [sys.executable, "-c", XNATPY_RESOURCE_ZIP, url,
                                              target], target, ENV)[0]
     finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def mount_cp_r(url: str) -> Timing:
+    """``cp -r`` of the scan's DICOM folder through a mount with an empty cache."""
+    target = tempfile.mkdtemp(prefix="bench-mount-cp-")
+    point, cache = os.path.join(target, "mnt"), os.path.join(target, "cache")
+    os.mkdir(point)
+    xnatfs = [sys.executable, "-m", "xnatfs"]
+    subprocess.run([*xnatfs, "mount", url, point, "--cache-dir", cache], env=ENV, check=True,
+                   capture_output=True)
+    try:
+        folder = os.path.join(point, "PROJ01/S001/S001_MR1/scans/1-T1w/resources/DICOM/files")
+        return timed("mount cp -r", ["cp", "-r", folder, os.path.join(target, "out")],
+                     os.path.join(target, "out"), ENV)[0]
+    finally:
+        subprocess.run([*xnatfs, "umount", point], check=False, capture_output=True)
         shutil.rmtree(target, ignore_errors=True)
 
 
@@ -90,6 +110,7 @@ def main() -> int:
         runs: dict[str, list[Timing]] = {}
         for _ in range(args.repeat):
             for timing in (materialize(emu.url, args.jobs), xnatpy_download_dir(emu.url),
+                           mount_cp_r(emu.url),
                            *([per_file(emu.url, args.jobs)] if args.per_file else [])):
                 runs.setdefault(timing.name, []).append(timing)
     best = {name: min(ts, key=lambda t: t.seconds) for name, ts in runs.items()}
@@ -99,9 +120,12 @@ def main() -> int:
               f"{t.files:5d} files  {t.nbytes / 2**20:6.0f} MiB  peak RSS "
               f"{t.peak_rss / 2**20:4.0f} MiB{status}")
     base = best["xnatfs materialize"]
+    peer = best["xnatpy download_dir"]
     for name, t in best.items():
         if t is not base:
             print(f"  {name} / materialize: {t.seconds / base.seconds:.2f}x the time")
+    for name in ("xnatfs materialize", "mount cp -r"):
+        print(f"  {name} / xnatpy download_dir: {best[name].seconds / peer.seconds:.2f}x")
     if base.files != args.files or base.nbytes != total or not base.ok:
         print(f"  materialize got {base.files} files / {base.nbytes} bytes, expected "
               f"{args.files} / {total}")

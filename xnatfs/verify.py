@@ -86,9 +86,11 @@ def run(args: argparse.Namespace) -> int:
         progress.done(entry.size)
         return entry.path, problem
 
-    with ThreadPoolExecutor(max(1, min(args.jobs, 32))) as pool:
-        results = list(pool.map(one, entries))
-    progress.close()
+    try:
+        with ThreadPoolExecutor(max(1, min(args.jobs, 32))) as pool:
+            results = list(pool.map(one, entries))
+    finally:  # the progress line never outlives the command (nor its stderr)
+        progress.close()
     problems = [(path, what) for path, what in results if what]
     for path, what in problems:
         print(f"{what}: {path}", file=sys.stderr)
@@ -141,11 +143,12 @@ class _Progress:
 
     def _ticker(self) -> None:
         while not self._stop.wait(PROGRESS_INTERVAL):
-            with self._lock:
-                text = self._text()
-            print(f"verify: {text}", file=self._stream, flush=True)
+            with self._lock:  # closed meanwhile: its stream may be closed too
+                if not self._stop.is_set():
+                    print(f"verify: {self._text()}", file=self._stream, flush=True)
 
     def close(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         if self._bar is not None:
             self._bar.close()

@@ -231,3 +231,23 @@ def test_an_export_killed_midway_is_finished_by_the_rerun(
     assert validate(out) == []
     entries = json.loads(state.read_text())["entries"]
     assert len(entries) == 9 and not [k for k, e in entries.items() if e["pending"]]
+
+
+def test_a_reused_file_that_is_not_the_listings_md5_is_never_written(
+        make_emulator: Callable[..., Emulator], tmp_path: Path) -> None:
+    archive = synthetic_archive(SPEC)
+    resource = next(r for r in archive.resources.values()
+                    if r.label == "BIDS" and getattr(r.owner, "label", "") == "B003_MR1")
+    name = "anat/sub-B003_ses-MR1_T1w.nii.gz"
+    real = resource.find(name)
+    assert real is not None
+    listed, data = real.md5, real.read()
+    lying = MadeContent(lambda: data[:-1] + bytes([data[-1] ^ 1]), 1.7e9)
+    lying._md5 = listed  # the listing keeps the old MD5; the bytes are others
+    resource.replace_file(name, lying)
+    out = tmp_path / "bids"
+    done, summary = export(make_emulator(archive), out)
+    assert done.returncode == 1
+    (failed,) = summary["failed"]
+    assert failed["series"] == "sub-B003/ses-MR1/anat/sub-B003_ses-MR1_T1w"
+    assert not (out / "sub-B003/ses-MR1/anat/sub-B003_ses-MR1_T1w.nii.gz").exists()

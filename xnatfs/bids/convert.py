@@ -57,9 +57,10 @@ def check_converter(binary: str) -> None:
                                f"{exc.strerror or exc}") from None
 
 
-def convert(binary: str, dicom_dir: str, out_dir: str, name: BidsName,
-            stem: str) -> dict[str, str]:
+def convert(binary: str, dicom_dir: str, out_dir: str, name: BidsName, subject: str,
+            session: str) -> dict[str, str]:
     """Convert one series: {BIDS file name: path of the converted file in ``out_dir``}."""
+    stem = name.stem(subject, session)
     os.makedirs(out_dir, exist_ok=True)
     for old in os.listdir(out_dir):  # an interrupted earlier try
         os.unlink(os.path.join(out_dir, old))
@@ -82,7 +83,7 @@ def convert(binary: str, dicom_dir: str, out_dir: str, name: BidsName,
     named: dict[str, str] = {}
     for produced in outputs:
         base, ext = split_extension(produced)
-        final = _bids_name(base, stem, name, images)
+        final = _bids_name(base, stem, name, subject, session)
         if final is None:
             raise ConversionError(f"dcm2niix made {len(images)} images of one series "
                                   f"({', '.join(images[:3])}); name each in a bidsmap")
@@ -92,7 +93,8 @@ def convert(binary: str, dicom_dir: str, out_dir: str, name: BidsName,
     return named
 
 
-def _bids_name(base: str, stem: str, name: BidsName, images: list[str]) -> str | None:
+def _bids_name(base: str, stem: str, name: BidsName, subject: str,
+               session: str) -> str | None:
     if base == stem:
         return stem
     if not base.startswith(stem):
@@ -103,8 +105,7 @@ def _bids_name(base: str, stem: str, name: BidsName, images: list[str]) -> str |
     bids = name.with_entity("echo", m["echo"]) if m["echo"] else name
     if m["ph"]:
         bids = bids.with_entity("part", "phase")
-    subject, session = stem.split("_", 2)[:2]
-    return bids.stem(subject.removeprefix("sub-"), session.removeprefix("ses-"))
+    return bids.stem(subject, session)
 
 
 def complete_sidecar(path: str, name: BidsName) -> None:

@@ -2,8 +2,8 @@
 
 * Series the state says are already written from the same sources are left alone: a rerun
   with nothing changed downloads nothing.
-* Reused files (``plan.Series.reused``) are copied through the reader, checked against the
-  listing's size and MD5, and a func sidecar gets its ``TaskName``.
+* Reused files (``plan.Series.reused``) are copied through the reader, which checks them
+  against the listing's size and MD5, and a func sidecar gets its ``TaskName``.
 * DICOM to convert is fetched by materialize's engine, all series in one run (one connection
   budget, a zip per resource where that is cheaper, resumable through its own manifest) into
   ``DIR/.xnatfs/bids-work/dicom``; each series is handed to dcm2niix as soon as its last file
@@ -33,9 +33,9 @@ from xnatfs.bids import dataset
 from xnatfs.bids.convert import complete_sidecar, convert
 from xnatfs.bids.plan import IMAGE_EXTENSIONS, Plan, Series, split_extension
 from xnatfs.bids.state import State, origin
-from xnatfs.errors import IntegrityError, LocalError, OutputFailed, XnatfsError
+from xnatfs.errors import LocalError, OutputFailed, XnatfsError
 from xnatfs.materialize.engine import Engine, Options, Source
-from xnatfs.materialize.output import Output
+from xnatfs.materialize.output import Output, file_md5
 from xnatfs.materialize.report import Outcome, Report, Result
 from xnatfs.materialize.selection import Selection
 
@@ -120,12 +120,8 @@ class Export:
         produced: dict[str, str] = {}
         for ext, remote in series.reused:
             path = os.path.join(folder, f"file{ext}")
-            digest = hashlib.md5()
-            with open(path, "wb") as out:
-                self.archive.copy(remote, _Hashing(out, digest))
-            if remote.digest and digest.hexdigest() != remote.digest.lower():
-                raise IntegrityError(f"{remote.uri}: MD5 {digest.hexdigest()} is not the "
-                                     f"listing's {remote.digest}")
+            with open(path, "wb") as out:  # the reader checks the listing's MD5 on the way
+                self.archive.copy(remote, out)
             if ext == ".json":
                 complete_sidecar(path, series.name)
             produced[series.stem + ext] = path
@@ -182,7 +178,7 @@ class Export:
         assert self.converter is not None
         dicom = os.path.join(self.work, "dicom", series.dicom_path)
         produced = convert(self.converter, dicom, self._scratch(series), series.name,
-                           series.stem)
+                           series.subject, series.session)
         self._commit(series, produced)
         shutil.rmtree(dicom, ignore_errors=True)
         with self._lock:
@@ -201,7 +197,7 @@ class Export:
         the next run redoes. ``produced``: BIDS file name → its finished file in the work
         folder."""
         key = origin(series)
-        files = {f"{series.folder}/{name}": _md5(path) for name, path in produced.items()}
+        files = {f"{series.folder}/{name}": file_md5(path) for name, path in produced.items()}
         with self._lock:
             for path in files:
                 holder = self.state.owner(path)
@@ -269,25 +265,6 @@ class Export:
         for where, rows in sessions.items():
             name = where.replace("/", "_") + "_scans.tsv"
             _write(self.root, f"{where}/{name}", dataset.scan_rows(rows))
-
-
-class _Hashing:
-    """A file that hashes what is written to it."""
-
-    def __init__(self, out: object, digest: object) -> None:
-        self.out, self.digest = out, digest
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)  # type: ignore[attr-defined]
-        return self.out.write(data)  # type: ignore[attr-defined,no-any-return]
-
-
-def _md5(path: str) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _remove(path: str) -> None:

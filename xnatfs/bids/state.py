@@ -34,11 +34,11 @@ class Entry:
 
 
 def origin(series: Series) -> str:
-    """Which source a series comes from, stable across names: a rename moves its files."""
-    if series.reused and not series.scan:
-        return f"{series.session_path}#{series.description}"
-    return f"{series.session_path}#scan-{series.scan}#{series.name.suffix}" \
-        if series.reused else f"{series.session_path}#scan-{series.scan}"
+    """Which source a series comes from, stable across names (a rename moves its files):
+    the scan for a conversion, the server's file itself for what is reused."""
+    if series.reused:
+        return series.reused[0][1].uri
+    return f"{series.session_path}#scan-{series.scan}"
 
 
 def fingerprint(series: Series) -> str:
@@ -63,6 +63,9 @@ class State:
                 self.entries = {k: Entry(**v) for k, v in data.get("entries", {}).items()}
         except (OSError, ValueError, TypeError):
             pass  # none yet, or unreadable: everything is redone, nothing is trusted
+        # path -> the entry that wrote it: a commit asks for each of its files
+        self._owners = {path: key for key, entry in self.entries.items()
+                        for path in entry.files}
 
     def unchanged(self, key: str, series: Series) -> bool:
         """Whether the series was written whole from these very sources, and is still there."""
@@ -73,31 +76,30 @@ class State:
             os.path.isfile(os.path.join(self.root, path)) for path in entry.files)
 
     def owner(self, path: str) -> str | None:
-        for key, entry in self.entries.items():
-            if path in entry.files:
-                return key
-        return None
+        return self._owners.get(path)
 
     def begin(self, key: str, series: Series, files: dict[str, str]) -> Entry | None:
         """Mark the series pending, with the old files and the new; return the old entry."""
         with self._lock:
             old = self.entries.get(key)
             keep = dict(old.files) if old else {}
-            self.entries[key] = Entry(fingerprint(series), {**keep, **files},
-                                      series.xnat_subject, series.scan, pending=True)
-            self._save()
+            self._set(key, Entry(fingerprint(series), {**keep, **files}, series.xnat_subject,
+                                 series.scan, pending=True))
             return old
 
     def finish(self, key: str, series: Series, files: dict[str, str]) -> None:
         with self._lock:
-            self.entries[key] = Entry(fingerprint(series), files, series.xnat_subject,
-                                      series.scan)
-            self._save()
+            self._set(key, Entry(fingerprint(series), files, series.xnat_subject,
+                                 series.scan))
 
-    def drop(self, key: str) -> None:
-        with self._lock:
-            self.entries.pop(key, None)
-            self._save()
+    def _set(self, key: str, entry: Entry) -> None:
+        old = self.entries.get(key)
+        for path in old.files if old else ():
+            if path not in entry.files:
+                self._owners.pop(path, None)
+        self._owners.update(dict.fromkeys(entry.files, key))
+        self.entries[key] = entry
+        self._save()
 
     def _save(self) -> None:
         data = {"format": FORMAT, "entries": {k: asdict(v) for k, v in

@@ -8,16 +8,19 @@ import dataclasses
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
+import diskcache
 import pytest
 
-from tests.support.mount import Mount, files_under, needs_fuse, unmount
+from tests.support.mount import Mount, needs_fuse, unmount
 from tests.support.oracle import Oracle, is_record, output_files
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.materialize.output import PART_SUFFIX
@@ -32,6 +35,19 @@ SPEC = SyntheticSpec(projects=1, subjects=1, sessions=2, scans=2, dicoms=10, dic
 # (smaller ones live inside SQLite, whose transactions a SIGKILL cannot cut).
 DAMAGE_SPEC = dataclasses.replace(SPEC, dicoms=2, dicom_size=SMALL_IN_DB + 1000)
 pytestmark = pytest.mark.timeout(180)
+
+
+def committed_files(cache: Path) -> int:
+    """Chunks stored in files whose index rows a live cache has committed (read-only)."""
+    db = cache / diskcache.core.DBNAME
+    if not db.exists():
+        return 0
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as con:
+        try:
+            row = con.execute("SELECT COUNT(*) FROM Cache WHERE filename IS NOT NULL").fetchone()
+        except sqlite3.OperationalError:  # the table is not made yet
+            return 0
+    return int(row[0])
 
 
 def expected(emu: Emulator) -> dict[str, bytes]:
@@ -117,9 +133,11 @@ def test_a_damaged_cache_after_sigkill_is_refetched_not_served(
         for path, data in want.items():
             assert (first / path).read_bytes() == data
         assert first.process is not None
-        deadline = time.monotonic() + 10  # chunks reach the disk after their readers have them
-        while time.monotonic() < deadline and \
-                sum(p.suffix == ".val" for p in files_under(cache)) < len(want):
+        # Chunks reach the disk after their readers have them, and are in the cache once their
+        # index rows are committed: a chunk's file is written before its row, and a kill
+        # between the two leaves a file the next mount rightly does not know of.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and committed_files(cache) < len(want):
             time.sleep(0.02)
         first.process.send_signal(signal.SIGKILL)  # no clean shutdown of the cache
         first.process.wait()

@@ -61,7 +61,12 @@ requests is out streaming the file from byte 0 each. Where no disk cache keeps w
 stream brings ahead of its readers (``store=False``, materialize), the chunks are held for them
 and the stream waits once ``HELD_AHEAD`` are unread, rather than run ahead into an LRU that
 would drop them and start the file over from byte 0; the chunks before the first one asked for
-are then left to nobody (a download continued mid-file has no reader for them).
+are then left to nobody (a download continued mid-file has no reader for them). Open handles
+say where they are (``reader_at``): a held chunk stays held until every one of them is past
+it, so the stream goes at the pace of its slowest reader. Held only until the first taker, it
+went at the fastest one's: eight readers of one file on two cores drifted apart by more than
+memory holds, and the slow ones streamed the file again from byte 0, 15 GETs for one file. A
+reader that does not move for ``PATIENCE`` is not waited for again until it reads.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ PROBE_INTERVAL = 1.0  # seconds between requests to a server that could not be r
 # 12.6 s, not 4.
 FAIL_HOLD = 1.0
 HELD_AHEAD = 8  # chunks a whole-file stream holds unread for readers without a disk cache
+PATIENCE = 2.0  # seconds a stream waits for its slowest reader to move before going on
 # Chunks kept in memory by default: a sequential reader's read-ahead window, the chunks behind
 # it that late kernel reads may still ask for, and those its MD5 has yet to hash. A memory any
 # smaller drops chunks fetched ahead before they are read (LRU): 60-90 % of a cold 1 GiB read
@@ -319,9 +325,9 @@ class Fetcher:
         deadline = attempts.deadline
         file = item.file
         with item.lock:
-            data = item.held.pop(index, None)
+            data = item.held.get(index)
             if data is not None:
-                item.taken.notify_all()
+                _settle_held(item, index)
                 return data
             future = item.inflight.get(index)
             if future is None:
@@ -331,6 +337,12 @@ class Fetcher:
                 if data is not None:
                     return data
                 mine = future = item.inflight[index] = Future()
+                # A whole-file stream claims the rest of the file in the same step: a
+                # read-ahead that claimed chunk 1 while this call's request was on its way
+                # streamed the file from byte 0 a second time.
+                on_disk = store and self.cache is not None and self.cache.contains(file, index)
+                extra = self._claim_rest(item, 0 if self.cache and store else index, store) \
+                    if self._whole(item) and not on_disk else {}
             else:
                 mine = None
         if mine is None:
@@ -342,17 +354,24 @@ class Fetcher:
             except TimeoutError:
                 raise ServerTimeout(f"chunk {index} of {file.uri} is still on its way after "
                                     f"{self.deadline:g} s") from None
-        claims = {index: mine}
+        claims = {index: mine, **extra}
         if self.cache is not None and store:
             self._from_cache(item, claims, [index])
-        if claims:
-            self._fetch(item, index, index, claims, store, attempts, detach=True)
+        if index in claims:
+            self._fetch(item, index, index, claims, store, attempts, detach=True,
+                        extra=set(extra))
+        elif claims:  # ours reached the disk meanwhile; the stream is for the rest
+            self.pool.submit(self._fetch, item, min(claims), max(claims), claims, store,
+                             attempts, detach=False, extra=set(claims))
         return mine.result()
 
     def _prefetch(self, file: RemoteFile, first: int, last: int, from_disk: bool) -> None:
         attempts = Attempts(time.monotonic() + self.deadline, self.retries + 1,
                             pauses=self.pauses)
         item = self.items(file)
+        with item.lock:
+            if item.readers and last < min(item.readers.values()):
+                return  # stale: every open handle is past it (a stream from byte 0, else)
         wanted = [i for i in range(first, last + 1) if not self.memory.contains(file, i)]
         claims: dict[int, Future[Checked]] = {}
         if self.cache is not None and wanted:  # one look at the disk's index a chunk
@@ -371,13 +390,17 @@ class Fetcher:
     def _prefetch_turn(self, item: Item, wanted: list[int], attempts: Attempts,
                        claims: dict[int, Future[Checked]]) -> None:
         file = item.file
-        mine = self._claim(item, wanted)
+        whole = self._whole(item)
+        mine = self._claim(item, wanted, whole=whole)
         if self.cache is not None:
             # Between the look above and the claim, a reader may have fetched a chunk, moved
             # on and let memory drop it: it is in the cache now (queued before the reader had
             # it), so serve the claim from there rather than fetch the chunk again.
             self._from_cache(item, mine, [i for i in mine if self.cache.contains(file, i)])
         claims.update(mine)
+        if whole and claims:  # one stream from byte 0 brings them all, gaps or not
+            self._fetch(item, min(claims), max(claims), claims, True, attempts, detach=False)
+            return
         for run in _runs(sorted(claims)):
             self._fetch(item, run[0], run[-1], {i: claims[i] for i in run}, True, attempts,
                         detach=False)
@@ -416,26 +439,48 @@ class Fetcher:
                 del item.inflight[index]
             claims.pop(index).set_result(data)
 
-    def _claim(self, item: Item, indices: list[int]) -> dict[int, Future[Checked]]:
+    def _claim(self, item: Item, indices: list[int], *,
+               whole: bool = False) -> dict[int, Future[Checked]]:
         """Register as the fetcher of those chunks nobody is fetching yet (nor has just
-        fetched: a fetch remembers its chunk before it leaves ``inflight``)."""
+        fetched: a fetch remembers its chunk before it leaves ``inflight``), nor holds for a
+        reader (memory may have dropped it: a read-ahead that fetched it again from a
+        Range-less server streamed the file from byte 0 for it)."""
         claims: dict[int, Future[Checked]] = {}
         file = item.file
-        with item.lock, self.memory.lock:
-            for i in indices:
-                if i not in item.inflight and not self.memory.contains(file, i):
-                    claims[i] = item.inflight[i] = Future()
+        with item.lock:
+            with self.memory.lock:
+                for i in indices:
+                    if i not in item.inflight and i not in item.held \
+                            and not self.memory.contains(file, i):
+                        claims[i] = item.inflight[i] = Future()
+            if whole and claims:  # ``whole``: and the rest of the file a stream brings
+                claims.update(self._claim_rest(item, 0 if self.cache else min(claims), True))
+        return claims
+
+    def _claim_rest(self, item: Item, start: int, store: bool) -> dict[int, Future[Checked]]:
+        """Under ``item.lock``: claim for a whole-file stream the chunks from ``start`` on that
+        nobody fetches, holds for a reader or (where it stores) has on disk. Those in memory
+        too: memory is an LRU that may drop them before the stream gets there, and a reader
+        who then missed one streamed the file again from byte 0; readers look in memory
+        before they wait for a claim, so claiming them costs nobody a wait."""
+        disk = store and self.cache is not None
+        claims: dict[int, Future[Checked]] = {}
+        for i in range(start, item.count):
+            if i not in item.inflight and i not in item.held \
+                    and not (disk and self.cache.contains(item.file, i)):  # type: ignore[union-attr]
+                claims[i] = item.inflight[i] = Future()
         return claims
 
     # -- one request -----------------------------------------------------------------------
 
     def _fetch(
         self, item: Item, first: int, last: int, claims: dict[int, Future[Checked]],
-        store: bool, attempts: Attempts, *, detach: bool,
+        store: bool, attempts: Attempts, *, detach: bool, extra: set[int] | None = None,
     ) -> None:
         """One GET for chunks first..last, delivering each to its claim as it arrives. Never
         raises: failures go to the claims' futures, so every waiter sees them. With ``detach``,
-        a whole-file body is left to a thread once our chunks are delivered."""
+        a whole-file body is left to a thread once our chunks are delivered. ``extra``: the
+        claims made for a whole-file stream's sake, not asked for (``_claim_rest``)."""
         body = None
         file = item.file
         try:
@@ -465,7 +510,7 @@ class Fetcher:
                 with item.lock:  # every later request for this version must get the same
                     if item.modified is None:
                         item.modified = body.last_modified
-            delivery = _Delivery(self, item, body, claims, store)
+            delivery = _Delivery(self, item, body, claims, store, extra or set())
             if detach:  # a reader's own call: its chunks keep to its deadline
                 delivery.caller_last = last
             if not whole and not body.ranged and self.whole_files is None:
@@ -575,12 +620,45 @@ class Fetcher:
             item.held[index] = data
             while len(item.held) > HELD_AHEAD:
                 del item.held[next(iter(item.held))]
+            _settle_held(item, None)  # every open handle may be past it already
 
     def _wait_for_readers(self, item: Item) -> None:
-        """Wait while the file has ``HELD_AHEAD`` chunks held unread. Readers that never come
-        cost a wait of the deadline, then the stream goes on and the oldest held go first."""
+        """Wait while the file has ``HELD_AHEAD`` chunks held unread. The handles at the
+        lowest position that have not moved for ``PATIENCE`` are not waited for (until they
+        read again); readers that never come cost a wait of the deadline. Then the stream goes
+        on and the oldest held go first."""
+        end = time.monotonic() + self.deadline
         with item.lock:
-            item.taken.wait_for(lambda: len(item.held) < HELD_AHEAD, timeout=self.deadline)
+            floor, since = _floor(item), time.monotonic()
+            while len(item.held) >= HELD_AHEAD:
+                now = time.monotonic()
+                if now >= end:
+                    return
+                if _floor(item) != floor:
+                    floor, since = _floor(item), now
+                elif floor is not None and now - since >= PATIENCE:
+                    for reader in [r for r, at in item.readers.items() if at == floor]:
+                        del item.readers[reader]  # left behind: it reads again to be waited for
+                    _settle_held(item, None)
+                    floor, since = _floor(item), now
+                    continue
+                item.taken.wait(min(end - now, PATIENCE / 4))
+
+    def reader_at(self, item: Item, reader: object, index: int) -> None:
+        """An open handle of the file is about to read chunk ``index`` and wants none before it
+        (see the module docstring): held chunks below every handle's position go."""
+        with item.lock:
+            item.readers[id(reader)] = index
+            if item.held:  # a stream may be waiting for this reader to move
+                _settle_held(item, None)
+                item.taken.notify_all()
+
+    def reader_gone(self, item: Item, reader: object) -> None:
+        """The handle closed: a stream does not wait for it any more."""
+        with item.lock:
+            if item.readers.pop(id(reader), None) is not None and item.held:
+                _settle_held(item, None)
+                item.taken.notify_all()
 
     def offer(self, file: RemoteFile, data: bytes) -> bool:
         """Take a one-chunk file's bytes that came some other way (an entry of its resource's
@@ -678,7 +756,7 @@ class _Delivery:
     chunks claimed that way go to memory (and to disk, for callers that store) for later readers."""
 
     def __init__(self, fetcher: Fetcher, item: Item, body: Body,
-                 claims: dict[int, Future[Checked]], store: bool) -> None:
+                 claims: dict[int, Future[Checked]], store: bool, extra: set[int]) -> None:
         file = item.file
         size = _size(file)
         if body.total is not None and body.total != size:
@@ -694,15 +772,15 @@ class _Delivery:
         self.disk = store and fetcher.cache is not None  # the disk keeps what comes ahead
         self.index = body.start // fetcher.chunk_size
         self.caller_last = -1  # chunks up to this one are a waiting call's, within its budget
-        self.extra: set[int] = set()
+        self.extra = extra  # claimed for others, not asked for: kept in memory for them
         if not body.ranged:
             # The chunks before the first one asked for are taken only where the disk keeps
             # them: held for readers instead, they made the stream wait a deadline each for
             # readers that never come (materialize continuing a part file from chunk 12).
             first = 0 if self.disk or not claims else min(claims)
-            others = fetcher._claim(item, [i for i in range(first, item.count)
-                                           if i not in claims and not fetcher.have(file, i)])
-            self.extra = set(others)
+            with item.lock:
+                others = fetcher._claim_rest(item, first, store)
+            self.extra |= set(others)
             claims.update(others)
         # Pieces of a whole chunk (of the whole body when shorter) come from the socket
         # straight into their own bytes: no joining, no re-buffering in urllib3.
@@ -722,7 +800,7 @@ class _Delivery:
                 data = Checked.of(self.pieces.take(end - start))
                 if self.index in self.claims:
                     extra = self.index in self.extra
-                    hold = extra and not self.disk
+                    hold = not self.body.ranged and not self.disk  # see _hold
                     if hold:
                         fetcher._hold(item, self.index, data)
                     fetcher._deliver(item, self.index, data, self.claims,
@@ -802,8 +880,27 @@ def _all(parts: list[Future[None]]) -> Future[None]:
 def _take_held(item: Item, index: int) -> None:
     """A reader has the chunk: a stream that held it for readers may go on."""
     with item.lock:
-        if item.held.pop(index, None) is not None:
-            item.taken.notify_all()
+        _settle_held(item, index)
+
+
+def _settle_held(item: Item, taken: int | None) -> None:
+    """Under ``item.lock``: drop the held chunks nobody will take from there any more; those
+    below every open handle's position, or, with no handle open (materialize reads through
+    none), the one just ``taken``."""
+    if item.readers:
+        floor = min(item.readers.values())
+        gone = [i for i in item.held if i < floor]
+    else:
+        gone = [taken] if taken in item.held else []
+    for index in gone:
+        del item.held[index]
+    if gone:
+        item.taken.notify_all()
+
+
+def _floor(item: Item) -> int | None:
+    """Under ``item.lock``: the lowest position of an open handle, None without one."""
+    return min(item.readers.values()) if item.readers else None
 
 
 def _runs(indices: list[int]) -> Iterator[list[int]]:

@@ -48,6 +48,7 @@ class FileHandle:
         self.readahead = Readahead(fetcher, file) if fetcher.chunk_count(file) > 1 else None
         if self.readahead is not None:
             fetcher.hold(file)
+            fetcher.reader_at(self.item, self, 0)  # a stream without a disk waits for it
         self._taint = self.item.taint
         self._gave = False
         self._served: set[int] = set()  # chunks served and still in the fetcher's memory
@@ -78,6 +79,7 @@ class FileHandle:
                 if self.fetcher.forget(self.file, done):
                     self._served.discard(done)
         if self.readahead is not None:
+            self.fetcher.reader_at(self.item, self, first)
             self.fetcher.pace(self.file, last)
         parts = []
         for index in range(first, last + 1):
@@ -134,6 +136,7 @@ class FileHandle:
         if self.readahead is not None:
             self.readahead.close()
             self.fetcher.release(self.file)
+            self.fetcher.reader_gone(self.item, self)
 
 
 class MemoryHandle:

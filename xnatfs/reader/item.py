@@ -53,7 +53,7 @@ class Item:
 
     __slots__ = ("__weakref__", "bad", "count", "evicting", "evictions", "failures", "file",
                  "hash", "held", "holders", "inflight", "key", "lock", "looked_up", "modified",
-                 "passed", "suspect", "taint", "taken")
+                 "passed", "readers", "suspect", "taint", "taken")
 
     def __init__(self, file: RemoteFile, count: int) -> None:
         self.file = file
@@ -64,6 +64,9 @@ class Item:
         self.inflight: dict[int, Future[bytes]] = {}  # chunk -> the one fetch of it
         self.held: dict[int, bytes] = {}  # streamed ahead and unread, where no disk keeps them
         self.taken = threading.Condition(self.lock)  # a held chunk was taken or dropped
+        # open handle -> the first chunk it may still read: a held chunk stays held until
+        # every handle is past it (``Fetcher.reader_at``)
+        self.readers: dict[int, int] = {}
         # chunk -> (until, the server's answer count then, the error): FAIL_HOLD
         self.failures: dict[int, tuple[float, int, XnatfsError]] = {}
         self.modified: str | None = None  # Last-Modified of the first answer: the pin

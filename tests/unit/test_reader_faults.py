@@ -428,8 +428,6 @@ def whole_reads_succeed(reader: Reader, tmp: str, *, size: int, ranged: list[lis
     content = content_of(size, seed)
     client = TriesClient(content, ranged, whole)
     file = RemoteFile("/data/f", size, hashlib.md5(content).hexdigest() if digest else None)
-    if cache == "none":  # held chunks a small memory drops stall the stream: see the xfail
-        memory = None
     with reader_over(reader, client, tmp, cache, memory) as fetcher:
         for _ in range(2):  # cold, then from what the caches kept
             with ThreadPoolExecutor(readers) as group:
@@ -555,7 +553,7 @@ def shifted_reads_recover(reader: Reader, tmp: str, *, size: int, ranged: list[l
        step=st.sampled_from([100, CHUNK, 3 * CHUNK]),
        cache=st.sampled_from(["tiny", "roomy"]), seed=st.binary(min_size=16, max_size=16))
 # One wrong answer, for the first chunk; a reader of small reads takes it again from the disk
-# while the file is evicted (the stale copy of the xfail below): the hot spot of that race.
+# while the file is evicted (the stale copy in Fetcher.evict's docstring): that race's hot spot.
 @example(size=4 * CHUNK - 519, ranged=[["shift"]], whole=[], step=100, cache="roomy",
          seed=bytes(16))
 def test_a_file_with_an_md5_reads_right_once_its_wrong_answers_are_caught(
@@ -730,15 +728,6 @@ def test_a_read_during_the_eviction_after_a_mismatch_gets_no_stale_copy(
         store.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "reader bug: without a disk cache, chunks a whole-file stream holds for readers are not "
-    "seen by Fetcher.have once the memory LRU drops them, so the next read-ahead claims them "
-    "again and streams the file once more; and the streams then wait a deadline in "
-    "_wait_for_readers for held chunks while the reader waits for a chunk one of them owns: "
-    "74 GETs for this 12-chunk file; with the default memory, a 47-chunk file "
-    "(size=48128, ranged=[[], ['whole']], step=100, cache='none', deadline 2 s) stalled "
-    "20 s for one reader in half of the runs, and failed a read with ServerTimeout for two "
-    "readers in 3 of 4"))
 def test_a_file_a_server_sends_whole_is_streamed_once_without_a_disk() -> None:
     """A server that ignores Range (from the request for chunk 1 on), no disk cache, a memory
     of one chunk: the stream holds what it brings ahead for the reader, so a sequential read

@@ -360,9 +360,10 @@ class Fetcher:
         if index in claims:
             self._fetch(item, index, index, claims, store, attempts, detach=True,
                         extra=set(extra))
-        elif claims:  # ours reached the disk meanwhile; the stream is for the rest
-            self.pool.submit(self._fetch, item, min(claims), max(claims), claims, store,
-                             attempts, detach=False, extra=set(claims))
+        elif claims:  # ours was on disk after all: the stream is for the rest, on its own
+            # thread once its first chunk is in (``detach``), where ``close`` can end it
+            self._fetch(item, min(claims), min(claims), claims, store, attempts, detach=True,
+                        extra=set(claims))
         return mine.result()
 
     def _prefetch(self, file: RemoteFile, first: int, last: int, from_disk: bool) -> None:

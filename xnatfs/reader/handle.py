@@ -30,6 +30,7 @@ from xnatfs.errors import DigestMismatch
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.policy import FIRST_WINDOW, TOLERANCE
 from xnatfs.reader.readahead import Readahead
+from xnatfs.reader.store import Checked
 from xnatfs.tree.model import RemoteFile
 
 
@@ -52,6 +53,11 @@ class FileHandle:
         self._taint = self.item.taint
         self._gave = False
         self._served: set[int] = set()  # chunks served and still in the fetcher's memory
+        # The chunk the last read ended in: the kernel reads a 4 MiB chunk as 32 reads of
+        # 128 KiB, and the 31 after the first need nothing of the fetcher (nor may they find
+        # that its memory, full of read-ahead, dropped the chunk meanwhile). Only while the
+        # reads are inside it: a handle pins no chunk its reader has moved past.
+        self._kept: tuple[int, Checked] | None = None
         self._tags: dict[int, int] = {}  # XXH3 of each chunk given out (files with an MD5)
 
     def read(self, offset: int, size: int) -> bytes:
@@ -78,17 +84,22 @@ class FileHandle:
             for done in [i for i in self._served if i < first - TOLERANCE]:
                 if self.fetcher.forget(self.file, done):
                     self._served.discard(done)
-        if self.readahead is not None:
+        kept = self._kept
+        within = kept is not None and first == last == kept[0]
+        if self.readahead is not None and not within:
             self.fetcher.reader_at(self.item, self, first)
             self.fetcher.pace(self.file, last)
         parts = []
         for index in range(first, last + 1):
-            chunk = self.fetcher.get(self.file, index)
-            if self.readahead is not None and index not in self._served:
-                self.fetcher.served(self.file, index, chunk)
-            self._served.add(index)
-            if self.readahead is not None and self.file.digest:
-                self._tag(index, chunk.tag)
+            if kept is not None and index == kept[0]:
+                chunk = kept[1]  # given out before: served, tagged and paced then
+            else:
+                chunk = self.fetcher.get(self.file, index)
+                if self.readahead is not None and index not in self._served:
+                    self.fetcher.served(self.file, index, chunk)
+                self._served.add(index)
+                if self.readahead is not None and self.file.digest:
+                    self._tag(index, chunk.tag)
             data = chunk.data
             base = index * chunk_size
             parts.append((data, max(offset - base, 0), min(end - base, len(data))))
@@ -96,6 +107,8 @@ class FileHandle:
             raise DigestMismatch(f"{self.file.uri}: bytes gathered for this read failed the "
                                  "file's MD5 check")
         self._gave = True
+        # Kept only while the reads are inside it: one that ends at its end has moved on.
+        self._kept = (last, chunk) if end < min((last + 1) * chunk_size, self.size) else None
         if len(parts) == 1:
             return parts[0]
         joined = b"".join(memoryview(data)[lo:hi] for data, lo, hi in parts)

@@ -62,6 +62,26 @@ def unmount(path: str) -> None:
             time.sleep(0.05)
 
 
+def wait_served(path: str, timeout: float = 30.0) -> None:
+    """Wait until no process serves ``path`` any more. A daemon's mount ends before its
+    process does: it stores what its cache writer still holds on the way out, after
+    ``fusermount -u`` has returned."""
+    deadline = time.monotonic() + timeout
+    needle = os.fsencode(path)
+    while time.monotonic() < deadline:
+        serving = False
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            serving |= b"mount" in args and needle in args
+        if not serving:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"a process still serves {path} after {timeout:g} s")
+
+
 @dataclass
 class Mount:
     """One ``xnatfs mount -f`` process and its mount point."""

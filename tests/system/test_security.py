@@ -21,7 +21,14 @@ from pathlib import Path
 import certifi
 import pytest
 
-from tests.support.mount import QUICK_PAUSES, QUICK_RETRIES, needs_fuse, tree_of, unmount
+from tests.support.mount import (
+    QUICK_PAUSES,
+    QUICK_RETRIES,
+    needs_fuse,
+    tree_of,
+    unmount,
+    wait_served,
+)
 from tests.support.security import PASSWORD, USER, Secrets, cmdlines, tls_proxy
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.mount.host import is_mounted
@@ -226,6 +233,7 @@ def test_cache_clear_really_removes_cached_bytes(emu: Emulator, tmp_path: Path):
                 (point / rel).read_bytes()
     finally:
         unmount(str(point))
+        wait_served(str(point))  # the daemon stores what its cache writer holds as it exits
     files = list(emu.archive.files())
     probes = {f.uri: f.read(f.size // 2, 32) for f in files}  # 32 bytes from each file's middle
 

@@ -663,20 +663,27 @@ class Fetcher:
 
     def offer(self, file: RemoteFile, data: bytes) -> bool:
         """Take a one-chunk file's bytes that came some other way (an entry of its resource's
-        zip, whose size and MD5 the caller checked) as if a GET had brought them: through the
-        claim, the MD5 check and the epoch rules of every delivery, to the disk cache (memory
-        without one). Nothing happens to a file cached, being fetched or of several chunks;
-        False then, or if the delivery was refused."""
+        zip, whose size and MD5 the caller checked, and which it found not cached: ``have``)
+        as if a GET had brought them: through the claim and the epoch rules of every delivery,
+        to memory and the disk cache. The caller's MD5 is taken as the file's check, so the
+        bytes are not hashed twice. Nothing happens to a file being fetched or of several
+        chunks; False then, or if the delivery was refused."""
         item = self.items(file)
-        if item.count != 1 or self.have(file, 0):
+        if item.count != 1:
             return False
         epoch = _epoch(item)
         claims = self._claim(item, [0])
         if not claims:
             return False
+        chunk = Checked.of(data)
         try:
-            self._deliver(item, 0, Checked.of(data), claims, memory=self.cache is None,
-                          disk=True, ranged=False, epoch=epoch)
+            if file.digest and self.checks.passed(file) is None:
+                self.checks.proven(file, array("Q", [chunk.tag]))
+            # In memory as well as on disk: the file's reader comes within moments, and a
+            # read served from the disk cache cost an index lookup and a load in SQLite, a
+            # quarter of the mount's CPU in a cp -r of 64 KiB files.
+            self._deliver(item, 0, chunk, claims, memory=True, disk=True, ranged=False,
+                          epoch=epoch)
         except BaseException as exc:
             self._fail(item, claims, exc)
             return False

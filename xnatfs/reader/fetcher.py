@@ -316,12 +316,13 @@ class Fetcher:
         if store and self.cache is not None and self.cache.contains(file, index):
             # On disk: no request to wait a turn for (a re-read after a remount, when nothing
             # has been asked of the server yet, went one chunk at a time through the turn).
-            return self._claimed_or_awaited(item, index, store, attempts)
+            return self._claimed_or_awaited(item, index, store, attempts, on_disk=True)
         with self._turn(item, attempts.deadline):
-            return self._claimed_or_awaited(item, index, store, attempts)
+            return self._claimed_or_awaited(item, index, store, attempts, on_disk=False)
 
-    def _claimed_or_awaited(self, item: Item, index: int, store: bool,
-                            attempts: Attempts) -> Checked:
+    def _claimed_or_awaited(self, item: Item, index: int, store: bool, attempts: Attempts,
+                            *, on_disk: bool) -> Checked:
+        """``on_disk``: the disk cache had the chunk a moment ago (``_chunk_once`` looked)."""
         deadline = attempts.deadline
         file = item.file
         with item.lock:
@@ -340,9 +341,8 @@ class Fetcher:
                 # A whole-file stream claims the rest of the file in the same step: a
                 # read-ahead that claimed chunk 1 while this call's request was on its way
                 # streamed the file from byte 0 a second time.
-                on_disk = store and self.cache is not None and self.cache.contains(file, index)
-                extra = self._claim_rest(item, 0 if self.cache and store else index, store) \
-                    if self._whole(item) and not on_disk else {}
+                extra = self._claim_rest(item, index, store) \
+                    if item.count > 1 and self._whole(item) and not on_disk else {}
             else:
                 mine = None
         if mine is None:
@@ -371,7 +371,8 @@ class Fetcher:
                             pauses=self.pauses)
         item = self.items(file)
         with item.lock:
-            if item.readers and last < min(item.readers.values()):
+            floor = _floor(item)
+            if floor is not None and last < floor:
                 return  # stale: every open handle is past it (a stream from byte 0, else)
         wanted = [i for i in range(first, last + 1) if not self.memory.contains(file, i)]
         claims: dict[int, Future[Checked]] = {}
@@ -455,18 +456,20 @@ class Fetcher:
                             and not self.memory.contains(file, i):
                         claims[i] = item.inflight[i] = Future()
             if whole and claims:  # ``whole``: and the rest of the file a stream brings
-                claims.update(self._claim_rest(item, 0 if self.cache else min(claims), True))
+                claims.update(self._claim_rest(item, min(claims), True))
         return claims
 
-    def _claim_rest(self, item: Item, start: int, store: bool) -> dict[int, Future[Checked]]:
-        """Under ``item.lock``: claim for a whole-file stream the chunks from ``start`` on that
-        nobody fetches, holds for a reader or (where it stores) has on disk. Those in memory
-        too: memory is an LRU that may drop them before the stream gets there, and a reader
-        who then missed one streamed the file again from byte 0; readers look in memory
-        before they wait for a claim, so claiming them costs nobody a wait."""
+    def _claim_rest(self, item: Item, first: int, store: bool) -> dict[int, Future[Checked]]:
+        """Under ``item.lock``: claim for a whole-file stream that brings chunk ``first`` the
+        chunks it brings that nobody fetches, holds for a reader or (where it stores) has on
+        disk: all of the file where a disk keeps them, else those from ``first`` on (see
+        ``_Delivery``). Those in memory too: memory is an LRU that may drop them before the
+        stream gets there, and a reader who then missed one streamed the file again from byte
+        0; readers look in memory before they wait for a claim, so claiming them costs nobody
+        a wait."""
         disk = store and self.cache is not None
         claims: dict[int, Future[Checked]] = {}
-        for i in range(start, item.count):
+        for i in range(0 if disk else first, item.count):
             if i not in item.inflight and i not in item.held \
                     and not (disk and self.cache.contains(item.file, i)):  # type: ignore[union-attr]
                 claims[i] = item.inflight[i] = Future()
@@ -785,9 +788,8 @@ class _Delivery:
             # The chunks before the first one asked for are taken only where the disk keeps
             # them: held for readers instead, they made the stream wait a deadline each for
             # readers that never come (materialize continuing a part file from chunk 12).
-            first = 0 if self.disk or not claims else min(claims)
             with item.lock:
-                others = fetcher._claim_rest(item, first, store)
+                others = fetcher._claim_rest(item, min(claims) if claims else 0, store)
             self.extra |= set(others)
             claims.update(others)
         # Pieces of a whole chunk (of the whole body when shorter) come from the socket
@@ -895,8 +897,8 @@ def _settle_held(item: Item, taken: int | None) -> None:
     """Under ``item.lock``: drop the held chunks nobody will take from there any more; those
     below every open handle's position, or, with no handle open (materialize reads through
     none), the one just ``taken``."""
-    if item.readers:
-        floor = min(item.readers.values())
+    floor = _floor(item)
+    if floor is not None:
         gone = [i for i in item.held if i < floor]
     else:
         gone = [taken] if taken in item.held else []

@@ -10,6 +10,7 @@ single-catalogue URL and the HTML status page elsewhere.
 from __future__ import annotations
 
 import re
+import zlib
 from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import unquote_plus
 
@@ -117,12 +118,17 @@ def _apply_range(response: Response, header: str, size: int, validate: bool) -> 
 
 
 def zip_download(scope: Scope, query: dict[str, str], broken: str = "") -> Response:
-    """``broken`` (``EmulatorConfig.broken_zips``) makes a server whose zips cannot be used."""
+    """``broken`` (``EmulatorConfig.broken_zips``) makes a server whose zips cannot be used
+    (``"garbage"``, ``"names"``)."""
     files = [f for r in scope.resources for f in r.files if not f.missing]
     if not files:
         raise HttpError(404, "No matching files found.")
     structure = query.get("structure", "default")
     entries = [(zipper.entry_name(f, structure, scope.project), f) for f in files]
+    return _zip_response(scope, entries, broken)
+
+
+def _zip_response(scope: Scope, entries: list[tuple[str, File]], broken: str) -> Response:
     if broken == "names":
         entries = [(f"elsewhere/{i}.dat", f) for i, (_, f) in enumerate(entries)]
     response = Response(200, [("Content-Type", "application/zip"),
@@ -132,6 +138,42 @@ def zip_download(scope: Scope, query: dict[str, str], broken: str = "") -> Respo
     if broken == "garbage":
         response.zip_entries, response.body = None, b"<html><body>Not a zip</body></html>\n"
     return response
+
+
+def pattern_zip(scope: Scope, raw: str, query: dict[str, str], broken: str = "") -> Response:
+    """``files/{path}?format=zip``: ``FileList.handleMultipleCatalogs`` with a file path
+    (docs/xnat-api.md §7). The path names one file; else, ending in ``/``, a folder; else,
+    ending in ``*``, a Java regex (its last ``*`` made ``.*``) that an entry's URI must match
+    whole. One match is zipped under its base name, several under their paths in the
+    resource, in ``HashMap`` order (here: a fixed order unrelated to the listing's). When
+    the last file of that order has a ``.zip`` name the server sends no zip at all.
+    ``broken="patterns"`` is a server that does not know patterns (404); ``"whole"`` one
+    that ignores them and sends the resource."""
+    if broken == "whole":
+        return zip_download(scope, query)
+    path = unquote_plus(raw) if "%2B" in raw or "%20" in raw else raw
+    found = find_file(scope, raw)
+    matched = [found] if found is not None else []
+    if not matched and path.endswith("/"):
+        matched = [f for r in scope.resources for f in r.files if f.relpath.startswith(path)]
+    if not matched and path.endswith("*") and broken != "patterns":
+        at = path.rfind("*")
+        try:
+            regex = re.compile(path[:at] + ".*" + path[at + 1:])
+        except re.error:
+            raise HttpError(500, "Bad regular expression") from None
+        matched = [f for r in scope.resources for f in r.files if regex.fullmatch(f.relpath)]
+    matched = [f for f in matched if not f.missing]
+    if not matched:
+        raise HttpError(404, "Unable to find file.")
+    if len(matched) == 1:
+        entries = [(matched[0].name, matched[0])]
+    else:
+        entries = sorted(((f.relpath, f) for f in matched),
+                         key=lambda e: zlib.crc32(e[0].encode("utf-8", "surrogateescape")))
+        if entries[-1][0].lower().endswith(".zip"):
+            return Response(200, [("Content-Type", "application/zip")], b"", kind="zip")
+    return _zip_response(scope, entries, broken)
 
 
 def _archive_name(scope: Scope) -> str:

@@ -100,7 +100,9 @@ class EmulatorConfig:
     the wrong bytes, only the listing's MD5 tells."""
     broken_zips: str = ""
     """``"garbage"``: zip bodies that are not zips; ``"names"``: entry names that match no
-    listed file. Empty: sound zips."""
+    listed file; ``"patterns"``: no zips of file patterns (``files/1*?format=zip`` is 404,
+    as on a server without ``FileList``'s patterns); ``"whole"``: patterns ignored, the
+    whole resource sent. Empty: sound zips."""
 
     @property
     def path_prefix(self) -> str:

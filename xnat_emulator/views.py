@@ -134,6 +134,9 @@ class View:
 
     def _file(self, target: Target) -> Response:
         assert target.scope is not None and target.path is not None
+        if self.query.get("format") == "zip":
+            return downloads.pattern_zip(target.scope, target.path, self.query,
+                                         self.config.broken_zips)
         return downloads.download(target.scope, target.path, self.headers, self.config)
 
     def _catalog(self, target: Target) -> Response:

@@ -172,6 +172,23 @@ def test_other_zips(api: Any, small_archive: Archive) -> None:
     assert empty.status_code == 404
 
 
+def test_zips_of_file_patterns_follow_filelist(api: Any, small_archive: Archive) -> None:
+    # files/{path}?format=zip: one file (under its base name), a folder, or a regex pattern
+    base = "/data/experiments/XNAT_E00001/scans/1/resources/DICOM/files"
+    listed = sorted(f.relpath for f in small_archive.experiments["XNAT_E00001"].scans[0]
+                    .resources[0].files)
+    some = api.get(base + "/000*", params={"format": "zip"})
+    names = zipfile.ZipFile(io.BytesIO(some.content)).namelist()
+    assert sorted(names) == [n for n in listed if n.startswith("000")] and len(names) > 1
+    assert names != sorted(names)  # HashMap order, not the listing's
+    dotted = api.get(base + "/00.1*", params={"format": "zip"})  # "." is any character
+    assert sorted(zipfile.ZipFile(io.BytesIO(dotted.content)).namelist()) == \
+        [n for n in listed if n[:2] == "00" and n[3] == "1"]
+    one = api.get(base + "/0001.dcm", params={"format": "zip"})
+    assert zipfile.ZipFile(io.BytesIO(one.content)).namelist() == ["0001.dcm"]
+    assert api.get(base + "/9*", params={"format": "zip"}).status_code == 404
+
+
 def test_catalog(api: Any) -> None:
     response = api.get("/data/experiments/XNAT_E00001/scans/1/resources/DICOM")
     assert response.status_code == 200 and "<cat:entry URI=\"0001.dcm\"" in response.text

@@ -9,9 +9,11 @@ import zipfile
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xnatfs.errors import IntegrityError
-from xnatfs.reader.zipstream import EntryCorrupt, ZipFormatError, ZipStream
+from xnatfs.reader.zipstream import Buffered, EntryCorrupt, ZipFormatError, ZipStream
 
 FILES = {"S/scans/1-T1/resources/DICOM/files/a.dcm": b"a" * 1000,
          "S/scans/1-T1/resources/DICOM/files/sub/b.dcm": b"\x00PK\x07\x08" * 300,
@@ -115,3 +117,42 @@ def test_header_fields() -> None:
     assert sig == 0x04034B50
     entry = ZipStream(reader(data)).next_entry()
     assert entry is not None and entry.descriptor and entry.size is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=5000), cuts=st.lists(st.integers(1, 700), max_size=30),
+       asks=st.lists(st.integers(0, 900), min_size=1, max_size=40))
+def test_buffered_reads_give_exact_pieces_whatever_each_receive_brings(data, cuts, asks):
+    pieces = iter(cuts)
+    at = 0
+
+    def read1(most: int) -> bytes:
+        nonlocal at
+        n = min(most, next(pieces, most))  # a receive brings any amount up to what is asked
+        chunk, at = data[at:at + n], at + n
+        return chunk
+
+    buffered, got = Buffered(read1), b""
+    for n in asks:
+        piece = buffered.read(n)
+        assert len(piece) == n or len(got) + len(piece) == len(data)  # short only at the end
+        got += piece
+    assert got == data[:len(got)]
+
+
+def test_a_zip_read_through_a_buffer_of_small_receives():
+    raw = make_zip(seekable=False)
+    at = 0
+
+    def read1(most: int) -> bytes:
+        nonlocal at
+        chunk, at = raw[at:at + min(most, 7)], at + min(most, 7)
+        return chunk
+
+    stream = ZipStream(Buffered(read1).read)
+    names = []
+    while (entry := stream.next_entry()) is not None:
+        names.append(entry.name)
+        b"".join(stream.data(len(FILES[entry.name])))
+        stream.finish()
+    assert names == list(FILES)

@@ -53,7 +53,15 @@ from xnatfs.materialize.plan import ListingFailure, PlannedFile, PlannedResource
 from xnatfs.materialize.report import Change, Outcome, PlanRow, Report, Result
 from xnatfs.materialize.selection import Selection
 from xnatfs.materialize.workers import Task, Workers
-from xnatfs.materialize.zipfetch import Fetched, ZipJob, ZipTrust, zip_candidates
+from xnatfs.materialize.zipfetch import (
+    Fetched,
+    ZipJob,
+    ZipTrust,
+    pattern_trust,
+    zip_candidates,
+    zip_jobs,
+)
+from xnatfs.materialize.zipsplit import ZIP_PARTS
 from xnatfs.reader.zipstream import zip_worth
 from xnatfs.tree.model import RemoteFile, Tree
 
@@ -181,6 +189,7 @@ class Engine:
         self._commit_lock = threading.Lock()
         self._halted = False
         self.zip_trust = ZipTrust()
+        self.pattern_trust = pattern_trust()
         self._created = False
         self._dirlock: DirLock | None = None
 
@@ -358,7 +367,11 @@ class Engine:
             todo, rest = zip_candidates(resource, self._decision)
             if zip_worth(len(todo), len(resource.listed)):
                 assert self.source is not None
-                self.submit_zip(ZipJob(self, self.source.client, resource, todo))
+                jobs, loose = zip_jobs(self, self.source.client, resource, todo,
+                                       min(ZIP_PARTS, self.options.jobs))
+                for job in jobs:
+                    self.submit_zip(job)
+                rest = [*rest, *loose]
             else:
                 rest = resource.wanted
         for planned in rest:

@@ -187,9 +187,11 @@ class PartFile:
         self.digest = digest
         self.verifier = Verifier(size, digest)  # always: the manifest records every file's MD5
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.offset = self.resumed_from = 0
         try:  # a new part file is created exclusively; an existing one is a prefix to continue
             try:
                 self.fd = os.open(target.part, flags | os.O_CREAT | os.O_EXCL, 0o666)
+                return  # empty and at 0: nothing to check (a zip makes thousands of these)
             except FileExistsError:
                 self.fd = os.open(target.part, flags)
         except OSError as exc:

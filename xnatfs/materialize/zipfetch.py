@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,8 +28,10 @@ from xnatfs.errors import AuthError, IntegrityError, OutputFailed, XnatfsError
 from xnatfs.materialize.output import Output, PartFile
 from xnatfs.materialize.plan import PlannedFile, PlannedResource
 from xnatfs.materialize.report import Change, Report
+from xnatfs.materialize.zipsplit import Part, split
 from xnatfs.reader.zipstream import (
     ZIP_TRIES,
+    Buffered,
     EntryCorrupt,
     EntryNames,
     ZipFormatError,
@@ -44,11 +46,14 @@ log = logging.getLogger(__name__)
 
 
 class ZipTrust:
-    """Whether this server's zips can be followed. The first zip of a run finds out: the
-    others wait until its first entry has come (or it failed), so a server whose zips are
-    unusable costs one zip and one line in the log, however many resources run at once."""
+    """Whether this server's zips (or zips of file patterns) can be followed. The first zip
+    of a run finds out: the others wait until its first entry has come (or it failed), so a
+    server whose zips are unusable costs one zip and one line in the log, however many
+    resources run at once. ``instead`` says in that line what the run does then."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str = "zips",
+                 instead: str = "fetching files one by one") -> None:
+        self.what, self.instead = what, instead
         self._lock = threading.Lock()
         self._known = threading.Event()
         self._probing = False
@@ -71,8 +76,39 @@ class ZipTrust:
             first, self.broken = not self.broken, True
         self._known.set()
         if first:
-            log.warning("the server's zips cannot be used (%s); fetching files one by one",
-                        reason)
+            log.warning("the server's %s cannot be used (%s); %s", self.what, reason,
+                        self.instead)
+
+
+def pattern_trust() -> ZipTrust:
+    return ZipTrust("zips of file patterns", "one zip per resource")
+
+
+class Split:
+    """The part zips of one resource (``zipsplit``). A part that finds the server will not
+    zip patterns takes back the files of every part not yet begun, so a resource costs at
+    most one failed part before it comes as one zip."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: list[ZipJob] = []
+
+    def add(self, job: ZipJob) -> None:
+        self._waiting.append(job)
+
+    def begin(self, job: ZipJob) -> bool:
+        """False: another part took this one's files back."""
+        with self._lock:
+            if job not in self._waiting:
+                return False
+            self._waiting.remove(job)
+            return True
+
+    def take_back(self) -> dict[str, tuple[PlannedFile, Change]]:
+        """The files of every part not yet begun, which will not begin now."""
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
+        return {rel: job for part in waiting for rel, job in part.todo.items()}
 
 
 @dataclass(slots=True)
@@ -94,6 +130,7 @@ class Host(Protocol):
     chunk_size: int
 
     zip_trust: ZipTrust
+    pattern_trust: ZipTrust
 
     def halted(self) -> bool: ...
     def commit(self, job: Fetched) -> None: ...
@@ -103,17 +140,21 @@ class Host(Protocol):
 
 
 class ZipJob:
-    """One zip of one resource, for the files in ``todo`` (path below ``/files/`` ->
-    planned file and what it is to the run)."""
+    """One zip of one resource, or of the ``part`` of it a pattern selects, for the files in
+    ``todo`` (path below ``/files/`` -> planned file and what it is to the run)."""
 
     def __init__(self, host: Host, client: XnatClient, resource: PlannedResource,
-                 todo: dict[str, tuple[PlannedFile, Change]], tries: int = 1) -> None:
+                 todo: dict[str, tuple[PlannedFile, Change]], tries: int = 1,
+                 part: Part | None = None, split: Split | None = None) -> None:
         self.host = host
         self.client = client
         self.resource = resource
         self.todo = todo
         self.tries = tries
+        self.part = part
+        self.split = split
         self._names = EntryNames(resource.listed)
+        self._sends: Collection[str] = part.sends if part else resource.listed
 
     def run(self) -> None:
         """Stream the zip; whatever it did not deliver is handed on (``_rest``)."""
@@ -122,28 +163,58 @@ class ZipJob:
             self._rest(again=False)
             return
         try:
-            self._run()
+            if self.part is None:
+                self._run()
+            elif self.host.pattern_trust.admit():
+                try:
+                    if self.split is None or self.split.begin(self):
+                        self._run()
+                finally:
+                    self.host.pattern_trust.proven()
+            elif self.split is None or self.split.begin(self):
+                self._whole()
         finally:
             trust.proven()  # whatever happened, nobody waits on this zip any longer
 
+    def _whole(self) -> None:
+        """The server zips no patterns: this part, and every part of the resource not yet
+        begun, go as one zip of the resource."""
+        if self.split is not None:
+            self.todo.update(self.split.take_back())
+        self.part, self.split, self._sends = None, None, self.resource.listed
+        self.tries = 1
+        self._rest(again=True)
+
+    def _refused(self, reason: str) -> None:
+        self.host.pattern_trust.condemn(f"{self.resource.uri}: {reason}")
+        self._whole()
+
     def _run(self) -> None:
+        pattern = self.part.pattern if self.part else None
         try:
-            body = self.client.open_zip(self.resource.uri)
+            body = self.client.open_zip(self.resource.uri, pattern)
         except (AuthError, OutputFailed):
             raise
         except XnatfsError as exc:
+            if pattern is not None and not exc.transient:
+                self._refused(f"{pattern}: {exc}")
+                return
             log.info("zip of %s failed (%s); fetching its files one by one",
                      self.resource.uri, exc)
             self._rest(again=False)
             return
         with body:
-            def read(n: int) -> bytes:
-                body.attempts = self.client.attempts(self.client.timeout[1])  # per read
-                return body.read(n)
+            def receive(most: int) -> bytes:
+                body.attempts = self.client.attempts(self.client.timeout[1])  # per receive
+                return body.read1(most)
 
+            stream = ZipStream(Buffered(receive).read)
             try:
-                self._entries(ZipStream(read))
+                self._entries(stream)
             except ZipFormatError as exc:
+                if pattern is not None and not stream.entries:
+                    self._refused(f"{pattern}: {exc}")
+                    return
                 self.host.zip_trust.condemn(f"{self.resource.uri}: {exc}")
                 self._rest(again=False)
                 return
@@ -160,6 +231,15 @@ class ZipJob:
         while not self.host.halted() and (entry := stream.next_entry()) is not None:
             rel = self._relpath(entry.name)
             self.host.zip_trust.proven()
+            if self.part is not None:
+                if rel in self.part.sends:
+                    self.host.pattern_trust.proven()
+                else:  # the pattern was ignored: this zip brings every part not yet begun
+                    self.host.pattern_trust.condemn(
+                        f"{self.resource.uri}: {self.part.pattern} brought {rel}")
+                    if self.split is not None:
+                        self.todo.update(self.split.take_back())
+                    self.part, self.split, self._sends = None, None, self.resource.listed
             remote = self.resource.listed[rel]
             size = entry.size if entry.size is not None else remote.size
             if size is None:
@@ -233,10 +313,9 @@ class ZipJob:
         remains, else one GET per file."""
         if not self.todo or self.host.halted():
             return
-        if again and self.tries < ZIP_TRIES and \
-                zip_worth(len(self.todo), len(self.resource.listed)):
+        if again and self.tries < ZIP_TRIES and zip_worth(len(self.todo), len(self._sends)):
             self.host.submit_zip(ZipJob(self.host, self.client, self.resource, self.todo,
-                                        self.tries + 1))
+                                        self.tries + 1, self.part))
             return
         for planned, _ in self.todo.values():
             self.host.per_file(planned)
@@ -258,3 +337,27 @@ def zip_candidates(resource: PlannedResource,
         else:
             rest.append(planned)
     return todo, rest
+
+
+def zip_jobs(host: Host, client: XnatClient, resource: PlannedResource,
+             todo: dict[str, tuple[PlannedFile, Change]], parts: int
+             ) -> tuple[list[ZipJob], list[PlannedFile]]:
+    """The zips for a resource's ``todo`` (one, or a part each where the resource is big and
+    the server zips patterns; ``zipsplit``), and the files that go by GETs instead: those no
+    part selects, and those of a part with too few of them wanted for its zip."""
+    sizes = {rel: planned.file.size or 0 for rel, (planned, _) in todo.items()}
+    cut = None if host.pattern_trust.broken else split(resource.listed, sizes, parts)
+    if cut is None:
+        return [ZipJob(host, client, resource, todo)], []
+    together = Split()
+    jobs: list[ZipJob] = []
+    left = dict(todo)
+    for part in cut:
+        mine = {rel: left.pop(rel) for rel in part.sends if rel in left}
+        if zip_worth(len(mine), len(part.sends)):
+            job = ZipJob(host, client, resource, mine, part=part, split=together)
+            together.add(job)
+            jobs.append(job)
+        else:
+            left.update(mine)
+    return jobs, [planned for planned, _ in left.values()]

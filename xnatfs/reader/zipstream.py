@@ -53,8 +53,9 @@ class EntryNames:
     """Which listed file an entry name stands for: what follows the resource's ``/files/``.
     The prefix before it is the same for every entry (``<session>/scans/<ID>-<type>/
     resources/<label>/files/``, by XNAT's ``structure``); it is learnt from the first entry,
-    as the longest tail that names a listed file. Names are untrusted: they only ever select
-    a listed file."""
+    as the longest tail that names a listed file, or none at all where the name itself is
+    listed (a zip of a file pattern names entries by their path in the resource). Names are
+    untrusted: they only ever select a listed file."""
 
     def __init__(self, listed: Collection[str]) -> None:
         self.listed = listed
@@ -63,6 +64,8 @@ class EntryNames:
     def rel(self, name: str) -> str | None:
         if self._prefix is not None:
             rel = name[len(self._prefix):] if name.startswith(self._prefix) else None
+        elif name in self.listed:
+            rel, self._prefix = name, ""
         else:
             rel, at = None, name.find("/files/")
             while at >= 0:
@@ -93,6 +96,37 @@ class Entry:
     crc: int | None
     descriptor: bool
     zip64: bool
+
+
+RECEIVE = 1 << 20
+"""Bytes asked of the body per receive: a zip of small files is mostly headers of a few
+bytes, each of which cost a receive of its own before (syscalls, and with several zips at
+once a hand-off of the interpreter lock each: a million futex calls for 6,000 files)."""
+
+
+class Buffered:
+    """``read(n)``, exactly ``n`` bytes (fewer only at the end), over ``read1(most)``, which
+    gives whatever one receive brings."""
+
+    def __init__(self, read1: Callable[[int], bytes]) -> None:
+        self._read1 = read1
+        self._buf = bytearray()
+        self._at = 0
+
+    def read(self, n: int) -> bytes:
+        buf = self._buf
+        while len(buf) - self._at < n:
+            more = self._read1(max(RECEIVE, n - (len(buf) - self._at)))
+            if not more:
+                break
+            if self._at:
+                del buf[:self._at]
+                self._at = 0
+            buf += more
+        end = min(self._at + n, len(buf))
+        data = bytes(buf[self._at:end])
+        self._at = end
+        return data
 
 
 class ZipStream:

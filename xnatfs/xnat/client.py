@@ -262,16 +262,22 @@ class XnatClient:
 
         return self.jsession.exchange(send, path, attempts, what)
 
-    def open_zip(self, resource: str) -> Body:
+    def open_zip(self, resource: str, pattern: str | None = None) -> Body:
         """A GET of ``resource`` (its listing URI up to ``/resources/{id}``, unencoded) as
-        ``?format=zip``, up to its headers, tried again like ``open_file``. The body has no
-        length (XNAT streams it chunked) and cannot be ranged or resumed; whoever reads it
-        across many calls gives it a fresh ``attempts`` for each (``Body``)."""
+        ``?format=zip``, up to its headers, tried again like ``open_file``. ``pattern``
+        (``prefix*``, of characters that need no encoding) asks for the files it matches
+        alone (docs/xnat-api.md §7); its ``*`` goes unencoded, as XNAT decodes the path only
+        when it holds ``%2B`` or ``%20``. The body has no length (XNAT streams it chunked)
+        and cannot be ranged or resumed; whoever reads it across many calls gives it a fresh
+        ``attempts`` for each (``Body``)."""
         read_timeout = self.timeout[1]
         attempts = self.attempts(read_timeout)
-        path = encode_path(resource) + "/files?format=zip"
-        resp, head = self._open(path, dict(self.http.file_headers), attempts,
-                                f"GET {resource} as a zip", html_ok=False)
+        files = "/files" if pattern is None else "/files/" + quote(pattern, safe="/*")
+        path = encode_path(resource) + files + "?format=zip"
+        what = f"GET {resource} as a zip" if pattern is None else \
+            f"GET {resource} files {pattern} as a zip"
+        resp, head = self._open(path, dict(self.http.file_headers), attempts, what,
+                                html_ok=False)
         if resp.status != 200:
             resp.close()
             raise ServerError(f"HTTP {resp.status} from the server for the zip of {resource}")

@@ -49,6 +49,7 @@ class Body:
         self.attempts = attempts or Attempts.within(read_timeout)
         self.read_timeout = read_timeout
         self.last_modified = last_modified
+        self._timeout: float | None = None  # the socket's, as last set (each set is a syscall)
 
     def read(self, size: int) -> bytes:
         """Exactly ``size`` bytes (fewer only at the declared end); IntegrityError when the
@@ -77,6 +78,21 @@ class Body:
             raise IntegrityError(f"truncated body: {self.got} of {self.length} bytes")
         return data
 
+    def read1(self, most: int) -> bytes:
+        """Up to ``most`` bytes from one receive (b"" at the end), for a reader that keeps
+        its own buffer: a zip's headers are a few bytes each, and a receive for each costs
+        syscalls and a hand-off of the interpreter lock per file."""
+        if self.length is not None:
+            most = min(most, self.length - self.got)
+        if most <= 0:
+            return b""
+        if self._head:
+            data, self._head = self._head[:most], self._head[most:]
+        else:
+            data = self._recv(most)
+        self.got += len(data)
+        return data
+
     def _recv(self, most: int) -> bytes:
         """One ``recv`` of at most ``most`` bytes, within the deadline."""
         left = self.attempts.deadline - time.monotonic()
@@ -85,10 +101,12 @@ class Body:
             raise ServerTimeout(f"{self.uri}: no more of it within the time allowed "
                                 f"({self.got} bytes came)")
         timeout = min(self.read_timeout, left)
-        conn = self.response.connection
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
-            sock.settimeout(timeout)
+        if timeout != self._timeout:
+            conn = self.response.connection
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                sock.settimeout(timeout)
+                self._timeout = timeout
         try:
             return self.response.read1(most)
         except (urllib3.exceptions.HTTPError, OSError) as exc:

@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
-from benchlib import PASSWORD, USER, Emulator, scratch
+from benchlib import PASSWORD, USER, Emulator, discard, scratch
 
 from xnat_emulator import SyntheticSpec, synthetic_archive
 from xnatfs.cli.units import parse_size
@@ -184,7 +183,7 @@ def materialize(url: str, jobs: str | None) -> Timing:
         timing.ok = timing.ok and json.loads(out)["ok"]
         return timing
     finally:
-        shutil.rmtree(target, ignore_errors=True)
+        discard(target)
 
 
 def python_script(name: str, script: str, url: str) -> Timing:
@@ -192,7 +191,7 @@ def python_script(name: str, script: str, url: str) -> Timing:
     try:
         return timed(name, [sys.executable, "-c", script, url, target], target, ENV)[0]
     finally:
-        shutil.rmtree(target, ignore_errors=True)
+        discard(target)
 
 
 if __name__ == "__main__":

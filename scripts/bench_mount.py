@@ -46,7 +46,6 @@ import argparse
 import dataclasses
 import os
 import shlex
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +68,7 @@ from benchlib import (
     curl_in_turn,
     curl_ranges,
     dd,
+    discard,
     drop_caches,
     footer,
     header,
@@ -117,7 +117,7 @@ class Bench:
     def folder(self, name: str) -> Path:
         """A fresh, empty folder for this run's caches and copies."""
         path = self.work / name
-        shutil.rmtree(path, ignore_errors=True)
+        discard(path)
         path.mkdir(parents=True)
         return path
 

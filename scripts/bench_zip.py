@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 
 from bench_materialize import ENV, Timing, materialize, timed
-from benchlib import BANDWIDTH, LATENCY, WAN, Emulator, scratch
+from benchlib import BANDWIDTH, LATENCY, WAN, Emulator, discard, scratch
 
 from xnatfs.cli.units import parse_size
 
@@ -54,7 +53,7 @@ def xnatpy_download_dir(url: str) -> Timing:
         return timed("xnatpy download_dir", [sys.executable, "-c", XNATPY_RESOURCE_ZIP, url,
                                              target], target, ENV)[0]
     finally:
-        shutil.rmtree(target, ignore_errors=True)
+        discard(target)
 
 
 def mount_cp_r(url: str) -> Timing:
@@ -71,7 +70,7 @@ def mount_cp_r(url: str) -> Timing:
                      os.path.join(target, "out"), ENV)[0]
     finally:
         subprocess.run([*xnatfs, "umount", point], check=False, capture_output=True)
-        shutil.rmtree(target, ignore_errors=True)
+        discard(target)
 
 
 def per_file(url: str, jobs: str | None) -> Timing:
@@ -85,7 +84,7 @@ def per_file(url: str, jobs: str | None) -> Timing:
             *(["-j", jobs] if jobs else [])], os.path.join(target, "out"), env)
         return timing
     finally:
-        shutil.rmtree(target, ignore_errors=True)
+        discard(target)
 
 
 def main() -> int:

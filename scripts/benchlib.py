@@ -9,6 +9,7 @@ mount-point check, taken from wherever it lives, and the names of materialize's 
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -394,6 +395,27 @@ def human(n: float) -> str:
         if n >= scale:
             return f"{n / scale:.3g} {unit}"
     return f"{n:.0f} B"
+
+
+_DISCARDED: list[str] = []
+
+
+def discard(path: str | Path) -> None:
+    """Put a run's output out of the way, removed when the benchmark ends. Removing it at
+    once made the next run pay: ext4 scans past recently freed inodes when it allocates new
+    ones (``recently_deleted``), so a run creating 6,000 files right after another's
+    ``rm -rf`` of as many spent a quarter of its CPU there (perf), and more with several
+    writers in one folder, which then wait on its lock."""
+    if not os.path.exists(path):
+        return
+    if not _DISCARDED:
+        _DISCARDED.append(tempfile.mkdtemp(prefix="bench-discarded-"))
+        atexit.register(lambda: shutil.rmtree(_DISCARDED[0], ignore_errors=True))
+    try:
+        os.rename(path, os.path.join(_DISCARDED[0], f"{len(_DISCARDED)}"))
+        _DISCARDED.append(str(path))
+    except OSError:  # another file system, or busy: remove it now
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextmanager

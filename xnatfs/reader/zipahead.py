@@ -23,7 +23,13 @@ from collections.abc import Sequence
 
 from xnatfs.errors import XnatfsError
 from xnatfs.reader.fetcher import Fetcher
-from xnatfs.reader.zipstream import EntryCorrupt, EntryNames, ZipFormatError, ZipStream
+from xnatfs.reader.zipstream import (
+    Buffered,
+    EntryCorrupt,
+    EntryNames,
+    ZipFormatError,
+    ZipStream,
+)
 from xnatfs.tree.model import RemoteFile
 
 log = logging.getLogger(__name__)
@@ -84,11 +90,11 @@ class ZipAhead:
         client = self.fetcher.client
         try:
             with client.open_zip(self.resource) as body:
-                def read(n: int) -> bytes:
-                    body.attempts = client.attempts(client.timeout[1])  # per read
-                    return body.read(n)
+                def receive(most: int) -> bytes:
+                    body.attempts = client.attempts(client.timeout[1])  # per receive
+                    return body.read1(most)
 
-                self._entries(ZipStream(read))
+                self._entries(ZipStream(Buffered(receive).read))
         except ZipFormatError as exc:
             self.broken = True
             log.warning("the zip of %s cannot be used (%s); its files come one by one",

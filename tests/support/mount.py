@@ -67,19 +67,25 @@ def wait_served(path: str, timeout: float = 30.0) -> None:
     process does: it stores what its cache writer still holds on the way out, after
     ``fusermount -u`` has returned."""
     deadline = time.monotonic() + timeout
-    needle = os.fsencode(path)
     while time.monotonic() < deadline:
-        serving = False
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            serving |= b"mount" in args and needle in args
-        if not serving:
+        if not served(path):
             return
         time.sleep(0.02)
     raise AssertionError(f"a process still serves {path} after {timeout:g} s")
+
+
+def served(path: str) -> bool:
+    """Whether an ``xnatfs mount`` process for ``path`` is alive now."""
+    needle = os.fsencode(path)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"mount" in args and needle in args and state != b"Z":
+            return True
+    return False
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.mount import Mount, needs_fuse, one_line, tree_of, unmount, xnatfs
+from tests.support.mount import Mount, needs_fuse, one_line, served, tree_of, unmount, xnatfs
 from xnat_emulator import Emulator
 from xnatfs.cli.units import parse_size
 from xnatfs.mount.host import is_mounted
@@ -39,9 +39,12 @@ def test_daemon_mode_returns_when_live_and_umount_ends_it(
         assert f"mounted {emulator.url} at {point}" in done.stdout
         assert is_mounted(str(point))
         assert sorted(os.listdir(point)) == ["PROJ01", "PROJ02"]
+        files = [p for p in sorted((point / "PROJ01").rglob("*")) if p.is_file()][:50]
+        assert files and all(f.read_bytes() is not None for f in files)  # chunks to store
         stopped = xnatfs("umount", str(point))
         assert stopped.returncode == 0, stopped.stderr
         assert not is_mounted(str(point))
+        assert not served(str(point))  # umount returned after the process, not the mount
     finally:
         unmount(str(point))
 

@@ -20,7 +20,7 @@ import sys
 from xnatfs.cli.options import add_connection_options, make_client, open_client, server_url
 from xnatfs.cli.units import parse_size, positive_float
 from xnatfs.errors import ConnectError, NotFound, TLSError, UsageError, XnatfsError
-from xnatfs.mount import host
+from xnatfs.mount import host, serving
 from xnatfs.xnat.client import XnatClient
 
 
@@ -135,6 +135,9 @@ def run_umount(args: argparse.Namespace) -> int:
         why = (done.stderr.strip().splitlines() or ["failed"])[-1]
         hint = "" if lazy else " (still in use? close it, or use -z)"
         raise XnatfsError(f"cannot unmount {mountpoint}: {why}{hint}")
+    if not lazy and not serving.wait_gone(mountpoint):
+        print(f"xnatfs: {mountpoint} is unmounted; its process is still storing its cache "
+              "and will end on its own", file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,6 @@ running for months cannot fill the disk.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import logging.handlers
 import os
@@ -16,6 +15,7 @@ import os
 import platformdirs
 
 from xnatfs.errors import UsageError
+from xnatfs.mount import serving
 
 MAX_BYTES = 5 << 20
 BACKUPS = 3
@@ -25,9 +25,7 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def default_path(mountpoint: str) -> str:
     """One file per mount point: its base name for people, a digest of its full path so that
     /a/data and /b/data do not share a file."""
-    digest = hashlib.sha256(mountpoint.encode(errors="surrogateescape")).hexdigest()[:8]
-    name = os.path.basename(mountpoint.rstrip("/")) or "root"
-    return os.path.join(platformdirs.user_log_dir("xnatfs"), f"{name}-{digest}.log")
+    return os.path.join(platformdirs.user_log_dir("xnatfs"), f"{serving.key(mountpoint)}.log")
 
 
 def prepare(path: str) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from xnatfs.archive import Archive
 from xnatfs.errors import XnatfsError
+from xnatfs.mount import serving
 from xnatfs.mount.daemon import daemonize
 from xnatfs.mount.logfile import log_to
 from xnatfs.xnat.client import GRACE, XnatClient
@@ -92,6 +93,7 @@ def mount(
         **_THREADS, **options,
     }
     log.info("mounting %s at %s", client.base_url, mountpoint)
+    serving.hold(mountpoint)  # until this process ends: xnatfs umount waits for that
     try:
         FUSE(fs, mountpoint, raw_fi=True, **settings)
     except RuntimeError:

@@ -124,7 +124,7 @@ class Buffered:
                 self._at = 0
             buf += more
         end = min(self._at + n, len(buf))
-        data = bytes(buf[self._at:end])
+        data = bytes(memoryview(buf)[self._at:end])  # one copy; the view ends here
         self._at = end
         return data
 

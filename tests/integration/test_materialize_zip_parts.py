@@ -4,19 +4,15 @@ Requests and bytes are counted in the emulator's log; nothing is timed."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import re
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.support.oracle import Oracle, output_files
+from tests.integration.test_materialize_zip import assert_exact, materialize
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
-from xnatfs.cli import main
 from xnatfs.materialize import zipsplit
 from xnatfs.materialize.zipsplit import MAX_PARTS, Part, split
 
@@ -44,21 +40,6 @@ def emu(server, monkeypatch):
     monkeypatch.setattr(zipsplit, "PART_MIN_BYTES", 4096)  # parts of these small scans
     yield server
     server.config = EmulatorConfig()
-
-
-def materialize(capsys, emu: Emulator, out: Path, *argv: str) -> dict:
-    code = main(["materialize", emu.url, "PROJ01", "-o", str(out), "-j", "4", "--json", *argv])
-    summary = json.loads(capsys.readouterr().out)
-    assert code == 0, summary
-    return summary
-
-
-def assert_exact(emu: Emulator, out: Path) -> None:
-    want = Oracle.of(emu, "PROJ01").present()
-    have = output_files(out)
-    assert set(have) == set(want)
-    for path, f in want.items():
-        assert hashlib.md5(have[path].read_bytes()).hexdigest() == f.md5, path
 
 
 def zips(emu: Emulator) -> list:

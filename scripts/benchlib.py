@@ -140,8 +140,10 @@ class Emulator:
 
     def __init__(self, spec: str, knobs: Sequence[str] = (), *, workdir: Path) -> None:
         self.log_path = workdir / "requests.jsonl"
+        # --hash-first: a real XNAT's catalog holds every MD5; the emulator would otherwise
+        # hash each file on its first listing, inside the first client's timed run.
         self.argv = [*XNATFS, "emulator", "--synthetic", spec, "--user", f"{USER}:{PASSWORD}",
-                     "--request-log", str(self.log_path), *knobs]
+                     "--hash-first", "--request-log", str(self.log_path), *knobs]
         self.url = ""
 
     def __enter__(self) -> Emulator:

@@ -72,6 +72,9 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                              "bytes")
     parser.add_argument("--session-timeout", default="900", metavar="SECONDS",
                         help="idle seconds before a session expires (default 900)")
+    parser.add_argument("--hash-first", action="store_true",
+                        help="compute every file's MD5 before serving, as a real XNAT's catalog "
+                             "already holds it (else the first listing of a file hashes it)")
     parser.add_argument("--request-log", metavar="FILE",
                         help="append one JSON line per finished request to FILE (for "
                              "benchmarks that run the emulator in its own process)")
@@ -97,7 +100,11 @@ def run(args: argparse.Namespace, prog: str = PROG) -> int:
         port = _number(args.port, "--port", int)
         if port > 65535:
             raise BadValue(f"--port must be at most 65535, not {port}")
-        emulator = Emulator(_archive(args), _config(args), _users(args), host=args.host,
+        archive = _archive(args)
+        if args.hash_first:
+            for file in archive.files():
+                file.content.md5()
+        emulator = Emulator(archive, _config(args), _users(args), host=args.host,
                             port=int(port))
         if args.request_log:
             emulator.log = RequestLog(emulator.config.log_limit, _append(args.request_log))

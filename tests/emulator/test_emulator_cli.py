@@ -29,7 +29,7 @@ def test_serves_until_sigterm(tmp_path: Path) -> None:
     (tmp_path / "P1/S1/MR1/scans/1-T1/resources/DICOM/files/1.dcm").write_bytes(b"x" * 10)
     process = subprocess.Popen(
         [sys.executable, "-m", "xnat_emulator", "--folder", str(tmp_path),
-         "--context-path", "/xnat", "--user", "ann:pw", "--latency", "0",
+         "--context-path", "/xnat", "--user", "ann:pw", "--latency", "0", "--hash-first",
          "--request-log", str(tmp_path / "requests.jsonl")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -59,20 +59,15 @@ class Body:
             size = min(size, self.length - self.got)
         if size <= 0:
             return b""
-        if self._head:
-            data, self._head = self._head[:size], self._head[size:]
-            self.got += len(data)
-            return data
         pieces: list[bytes] = []
         want = size
         while want > 0:
-            piece = self._recv(want)
+            piece = self.read1(want)
             if not piece:
                 break
             pieces.append(piece)
             want -= len(piece)
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        self.got += len(data)
         if len(data) < size and self.length is not None:
             self.response.close()
             raise IntegrityError(f"truncated body: {self.got} of {self.length} bytes")

@@ -38,6 +38,7 @@ def emu(server, monkeypatch):
     monkeypatch.setenv("XNAT_USER", "alice")
     monkeypatch.setenv("XNAT_PASS", "secret")
     monkeypatch.setattr(zipsplit, "PART_MIN_BYTES", 4096)  # parts of these small scans
+    monkeypatch.setattr(zipsplit, "NEAR", 0.0)  # loopback as if over a WAN: split
     yield server
     server.config = EmulatorConfig()
 
@@ -64,6 +65,21 @@ def test_a_big_resource_comes_as_pattern_zips_and_every_file_once(emu, capsys, t
     sent = sum(r.bytes_sent for r in parts + gets(emu))
     assert sent <= SPEC.scans * (RESOURCE + DICOMS * FRAMING)
     assert_exact(emu, tmp_path)
+
+
+def test_a_near_server_gets_one_zip_per_resource(emu, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(zipsplit, "NEAR", float("inf"))  # every exchange counts as near
+    assert materialize(capsys, emu, tmp_path)["downloaded"] == SPEC.scans * DICOMS
+    assert [z.path.endswith("/files") for z in zips(emu)] == [True] * SPEC.scans
+    assert gets(emu) == []
+    assert_exact(emu, tmp_path)
+
+
+def test_the_split_follows_the_quickest_exchange():
+    assert zipsplit.parts_for(0.001, 8) == 1  # loopback: the CPU is the limit
+    assert zipsplit.parts_for(0.020, 8) == zipsplit.ZIP_PARTS  # the WAN profile
+    assert zipsplit.parts_for(0.020, 2) == 2  # never more than the run's connections
+    assert zipsplit.parts_for(float("inf"), 8) == zipsplit.ZIP_PARTS  # nothing known yet
 
 
 @pytest.mark.parametrize("broken", ["patterns", "whole"])

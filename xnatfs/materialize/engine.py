@@ -61,7 +61,7 @@ from xnatfs.materialize.zipfetch import (
     zip_candidates,
     zip_jobs,
 )
-from xnatfs.materialize.zipsplit import ZIP_PARTS
+from xnatfs.materialize.zipsplit import parts_for
 from xnatfs.reader.zipstream import zip_worth
 from xnatfs.tree.model import RemoteFile, Tree
 
@@ -367,8 +367,9 @@ class Engine:
             todo, rest = zip_candidates(resource, self._decision)
             if zip_worth(len(todo), len(resource.listed)):
                 assert self.source is not None
-                jobs, loose = zip_jobs(self, self.source.client, resource, todo,
-                                       min(ZIP_PARTS, self.options.jobs))
+                client = self.source.client
+                jobs, loose = zip_jobs(self, client, resource, todo,
+                                       parts_for(client.round_trip, self.options.jobs))
                 for job in jobs:
                     self.submit_zip(job)
                 rest = [*rest, *loose]

@@ -121,6 +121,12 @@ class XnatClient:
         """How many logins this client has made: a lost session is renewed once per value."""
         return self.jsession.generation
 
+    @property
+    def round_trip(self) -> float:
+        """Seconds, the quickest exchange with the server so far, up to its headers (inf
+        before the first): how near it is, as a stream's pace over a link goes."""
+        return self.http.quickest
+
     def attempts(self, timeout: float) -> Attempts:
         """The budget of a call whose caller gave none (``GRACE`` past its timeout)."""
         attempts = budget(timeout)

@@ -224,6 +224,14 @@ class Http:
             urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options))
         self.file_headers = {"User-Agent": user_agent, "Accept": "*/*",
                              "Accept-Encoding": "identity"}
+        self.quickest = float("inf")  # seconds, the quickest exchange so far (``round_trip``)
+
+    def _timed(self, began: float) -> None:
+        """Note an exchange's time to its headers. Two threads may race here and one lose
+        its value: a minimum over many exchanges does not miss one."""
+        took = time.perf_counter() - began
+        if took < self.quickest:
+            self.quickest = took
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -250,11 +258,13 @@ class Http:
         mapped to our errors. A lost session raises ``SessionLost`` unless ``login``."""
         what = unquote(path)
         read = min(timeout[1], attempts.left())
+        began = time.perf_counter()
         try:
             resp = self.session.request(method, self.url(path),
                                         timeout=(min(timeout[0], read), read), **kw)  # type: ignore[arg-type]
         except (requests.RequestException, OSError) as exc:
             raise self.failure(exc, what, read) from None
+        self._timed(began)
         try:
             check_status(resp.status_code, what, resp.headers, attempts, login=login)
             if not login and login_page(resp.status_code, resp.headers.get("Content-Type", ""),
@@ -277,6 +287,7 @@ class Http:
         login page and returned with the response."""
         what = unquote(path)
         read = min(timeout[1], attempts.left())
+        began = time.perf_counter()
         try:
             resp = self._pool.urlopen(
                 "GET", self.url(path), headers=headers, redirect=False, retries=False,
@@ -284,6 +295,7 @@ class Http:
                 timeout=urllib3.Timeout(connect=min(timeout[0], read), read=read))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.failure(exc, what, read) from None
+        self._timed(began)
         head = b""
 
         def peek() -> bytes:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from tests.support.oracle import Oracle, output_files
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
+from xnatfs.materialize.manifest import BATCH
 
 DICOMS = 40
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=1, dicoms=DICOMS, dicom_size=900,
@@ -77,7 +78,11 @@ def test_kill_9_mid_zip_keeps_the_verified_files_and_the_rerun_fetches_only_the_
         done = subprocess.run([*COMMAND, emu.url, "PROJ01", "-o", str(out), "--json"],
                               env=env(), capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout)["present"] == len(finals)
+        # Recorded files are present; those renamed in place but not yet recorded (the kill
+        # came before their batch of the manifest was written) are hashed and adopted.
+        summary = json.loads(done.stdout)
+        assert summary["present"] + summary["verified"] == len(finals)
+        assert summary["verified"] <= BATCH
         have = output_files(out)
         assert set(have) == set(want.files)
         for path, f in want.files.items():

@@ -169,6 +169,21 @@ def test_output_does_not_follow_symbolic_links(tmp_path) -> None:
     assert list(elsewhere.iterdir()) == []
 
 
+def test_a_missing_folder_is_remembered_until_the_run_makes_it(tmp_path) -> None:
+    out = Output(str(tmp_path / "out"))
+    out.create()
+    assert out.target("P/S/a.dcm").absent and out.target("P/S/b.dcm").absent
+    assert out.target("P/T/c.dcm").absent
+    out.make_parents(out.target("P/S/a.dcm"))
+    (tmp_path / "out" / "P" / "S" / "b.dcm").write_bytes(b"x")
+    assert not out.target("P/S/b.dcm").absent  # made since: looked at again
+    assert not out.target("P/x.dcm").absent
+    assert out.target("P/T/c.dcm").absent  # P exists now, T still does not
+    os.symlink(tmp_path, tmp_path / "out" / "P" / "T")  # appears where nothing was
+    with pytest.raises(LocalError, match="symbolic link"):
+        out.make_parents(out.target("P/T/c.dcm"))
+
+
 def test_long_names_get_a_hashed_part_name() -> None:
     name = "é" * 126 + ".dcm"  # 256 bytes with the dot
     assert len(part_name(name).encode()) <= 255

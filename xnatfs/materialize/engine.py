@@ -405,7 +405,7 @@ class Engine:
     def change(self, planned: PlannedFile, remote: RemoteFile) -> Decision:
         """What to do with a file, from the manifest and DIR alone (no hashing)."""
         target = self.output.target(planned.path)
-        local = existing_size(target.final)
+        local = None if target.absent else existing_size(target.final)
         if local is None:
             return Decision(Change.NEW)
         same = Change.OVERWRITE if self.options.overwrite else Change.UNCHANGED

@@ -38,6 +38,8 @@ class Target:
 
     final: str
     part: str
+    absent: bool = False
+    """A folder on the way did not exist when the target was made: nothing is there yet."""
 
 
 class Output:
@@ -46,7 +48,8 @@ class Output:
     def __init__(self, path: str) -> None:
         self.given = os.path.abspath(path)
         self.root = os.path.realpath(self.given)
-        self._dirs: set[str] = {self.root}
+        self._dirs: set[str] = {self.root}  # real folders, checked
+        self._absent: set[str] = set()  # folders found missing, not made since
         self._lock = threading.Lock()
 
     def exists(self) -> bool:
@@ -83,24 +86,32 @@ class Output:
             raise LocalError(f"{parts[0]} is where xnatfs keeps its records; not writing "
                              f"{tree_path} over it")
         final = os.path.join(self.root, *parts)
-        self._check_parents(final)
-        return Target(final, os.path.join(os.path.dirname(final), part_name(parts[-1])))
+        absent = self._check_parents(final)
+        return Target(final, os.path.join(os.path.dirname(final), part_name(parts[-1])),
+                      absent)
 
-    def _check_parents(self, final: str) -> None:
-        """Every folder on the way to ``final`` that exists is a real folder."""
+    def _check_parents(self, final: str) -> bool:
+        """Every folder on the way to ``final`` that exists is a real folder; True when one
+        is missing. A missing folder is remembered until this run makes it: planning a
+        fresh resource of 6,000 files looked for its folder 6,000 times, and for each file
+        in it."""
         where = os.path.dirname(final)
         chain = []
         while True:
             with self._lock:
                 if where in self._dirs:
                     break
+                if where in self._absent:
+                    return True
             chain.append(where)
             where = os.path.dirname(where)
-        for folder in reversed(chain):
+        for at, folder in enumerate(reversed(chain)):
             try:
                 mode = os.lstat(folder).st_mode
-            except FileNotFoundError:
-                return  # nothing exists below a missing folder
+            except FileNotFoundError:  # nothing exists below a missing folder
+                with self._lock:
+                    self._absent.update(chain[:len(chain) - at])
+                return True
             except OSError as exc:
                 raise local_error(exc, folder) from None
             if stat.S_ISLNK(mode):
@@ -124,6 +135,7 @@ class Output:
             with self._lock:
                 if where in self._dirs:
                     continue
+                self._absent.discard(where)
             try:
                 os.mkdir(where)
             except FileExistsError:

@@ -193,11 +193,15 @@ class PartFile:
     """
 
     def __init__(self, target: Target, size: int, digest: str | None, *, align: int,
-                 resume: bool = True) -> None:
+                 resume: bool = True, hashed: Verifier | None = None) -> None:
         self.target = target
         self.size = size
         self.digest = digest
-        self.verifier = Verifier(size, digest)  # always: the manifest records every file's MD5
+        # Always a verifier: the manifest records every file's MD5. ``hashed`` has taken the
+        # bytes to be written already (a zip entry, hashed as it came in): ``write`` then
+        # only writes.
+        self.verifier = hashed or Verifier(size, digest)
+        self._hashing = hashed is None
         flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
         self.offset = self.resumed_from = 0
         try:  # a new part file is created exclusively; an existing one is a prefix to continue
@@ -237,7 +241,8 @@ class PartFile:
                 view = view[os.write(self.fd, view):]
         except OSError as exc:
             raise local_error(exc, self.target.part) from None
-        self.verifier.update(data)
+        if self._hashing:
+            self.verifier.update(data)
         self.offset += len(data)
 
     def commit(self, mtime: float) -> None:

@@ -150,7 +150,9 @@ def test_menu_answers() -> None:
 
 def test_output_refuses_names_that_could_escape(tmp_path) -> None:
     out = Output(str(tmp_path / "out"))
-    for bad in ("P/../x", "P/./x", "/x", "P//x", "P/a\0b", "P/" + "x" * 256):
+    out.target("x")  # checked folders are remembered: "" (none) must not stand for "/"
+    out.target("P/x")
+    for bad in ("P/../x", "P/./x", "/x", "P//x", "P/a\0b", "P/" + "x" * 256, "/P/x", "P/x/"):
         with pytest.raises(LocalError):
             out.target(bad)
     target = out.target("P/S/file.dcm")

@@ -50,6 +50,7 @@ class Output:
         self.root = os.path.realpath(self.given)
         self._dirs: set[str] = {self.root}  # real folders, checked
         self._absent: set[str] = set()  # folders found missing, not made since
+        self._folders: dict[str, str] = {}  # tree folder and "/" -> its checked local path
         self._lock = threading.Lock()
 
     def exists(self) -> bool:
@@ -77,18 +78,22 @@ class Output:
         (which the tree never produces) is refused, and so is a symbolic link on the way,
         before anything is looked at there: what it leads to is not in the output folder, so
         nothing there may count as present either."""
-        parts = tree_path.split("/")
-        for part in parts:
-            if part in ("", ".", "..") or "\0" in part or \
-                    len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
-                raise LocalError(f"refusing unsafe name {part!r} in {tree_path!r}")
-        if parts[0] in RESERVED:
-            raise LocalError(f"{parts[0]} is where xnatfs keeps its records; not writing "
-                             f"{tree_path} over it")
-        final = os.path.join(self.root, *parts)
+        folder, slash, name = tree_path.rpartition("/")
+        _check_name(name, tree_path)
+        parent = self._folders.get(folder + slash)  # "" (no folder) is not "/" (an empty one)
+        if parent is None:  # checked once per folder: a resource's files share theirs
+            parts = folder.split("/") if slash else []
+            for part in parts:
+                _check_name(part, tree_path)
+            parent = os.path.join(self.root, *parts)
+            with self._lock:
+                self._folders[folder + slash] = parent
+        if (folder.split("/", 1)[0] if folder else name) in RESERVED:
+            raise LocalError(f"{tree_path.split('/', 1)[0]} is where xnatfs keeps its "
+                             f"records; not writing {tree_path} over it")
+        final = os.path.join(parent, name)
         absent = self._check_parents(final)
-        return Target(final, os.path.join(os.path.dirname(final), part_name(parts[-1])),
-                      absent)
+        return Target(final, os.path.join(parent, part_name(name)), absent)
 
     def _check_parents(self, final: str) -> bool:
         """Every folder on the way to ``final`` that exists is a real folder; True when one
@@ -148,6 +153,12 @@ class Output:
                 raise local_error(exc, where) from None
             with self._lock:
                 self._dirs.add(where)
+
+
+def _check_name(part: str, tree_path: str) -> None:
+    if part in ("", ".", "..") or "\0" in part or \
+            len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+        raise LocalError(f"refusing unsafe name {part!r} in {tree_path!r}")
 
 
 def part_name(name: str) -> str:

@@ -4,6 +4,7 @@ progress lines."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
 from collections import Counter
@@ -19,7 +20,7 @@ from xnatfs.materialize.output import (
     existing_size,
     part_name,
 )
-from xnatfs.materialize.report import Report
+from xnatfs.materialize.report import Outcome, Report, Result
 from xnatfs.materialize.selection import Filters, Glob, Shard, normalise_path
 from xnatfs.tree.model import Context
 
@@ -293,3 +294,27 @@ def test_progress_lines_when_not_on_a_terminal_speak_the_summary_units() -> None
     report.close()
     line = next(s for s in lines if "materialize:" in s)
     assert "0/2 files, 5.0 MiB of 20.0 MiB, " in line and "MiB/s" in line and "ETA" in line
+
+
+def test_the_bar_at_a_terminal_makes_its_text_as_often_as_it_draws(monkeypatch) -> None:
+    stream = io.StringIO()
+    report = Report("/out", progress=True, stream=stream)
+    made = Counter()
+    text = Report._progress_text
+
+    def counted(self: Report) -> str:
+        made["text"] += 1
+        return text(self)
+
+    monkeypatch.setattr(Report, "_progress_text", counted)
+    for _ in range(2000):
+        report.planned(10)
+    for k in range(2000):  # a failure and a success replacing one, for every file
+        report.wrote(10)
+        report.finished(Result(f"f{k}", Outcome.FAILED, 10, reason="x"))
+        report.finished(Result(f"f{k}", Outcome.DOWNLOADED, 10) if k % 2 else
+                        Result(f"f{k}", Outcome.FAILED, 10, reason="x"))
+    report.close()
+    assert made["text"] < 100  # 10,000 events; it was once per event, each O(files)
+    last = stream.getvalue().rsplit("\r", 1)[-1]
+    assert "2000/2000 files" in last and "1000 failed" in last

@@ -191,6 +191,24 @@ def test_files_of_a_folder_opened_in_order_are_fetched_ahead(
     assert emu.log.count(kind="file") == 4
 
 
+def test_a_folder_whose_files_are_cached_starts_no_zip(emu: Emulator, fetcher: Fetcher) -> None:
+    tree = Tree(fetcher.client)
+    folder = next(p for p, _ in tree.walk("/") if p.endswith("0001.dcm")).rsplit("/", 1)[0]
+    entries = tree.listdir(folder)
+    files = [node.file for node in entries.values() if node.file is not None]
+    cold = FolderAhead(fetcher)
+    cold.opened(folder, entries, files[0])
+    cold.opened(folder, entries, files[1])
+    assert cold._folders[folder].zip is not None  # walked in order, nothing cached: a zip
+    cold.close()
+    for f in files:
+        fetcher.chunk(f, 0)
+    warm = FolderAhead(fetcher)  # as after a remount over the same cache
+    for f in files[:4]:
+        warm.opened(folder, entries, f)
+    assert warm._folders[folder].zip is None
+
+
 def test_a_cold_reader_keeps_pace_with_its_md5_and_never_reads_the_disk_back(
         emu: Emulator, tmp_path: Path, big: File, monkeypatch: pytest.MonkeyPatch) -> None:
     """On two cores of loopback the MD5 is the slowest stage: a reader allowed to run ahead

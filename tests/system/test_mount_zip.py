@@ -56,6 +56,19 @@ def test_cp_r_of_a_resource_folder_is_one_zip(make_emulator: Callable[..., Emula
     assert asked.get("file", 0) <= FILES // 4, asked  # the files opened before it came
 
 
+def test_a_folder_read_before_is_not_zipped_again_after_a_remount(
+        make_emulator: Callable[..., Emulator], mount: Callable[..., Mount], archive: Archive,
+        tmp_path: Path) -> None:
+    emu = make_emulator(archive, catalog_cost=0.002)
+    first = mount(emu)
+    assert copy(first, tmp_path / "one") == digests(archive)
+    first.stop()
+    emu.log.clear()
+    assert copy(mount(emu), tmp_path / "two") == digests(archive)  # the same chunk cache
+    asked = kinds(emu)
+    assert asked.get("zip", 0) == 0 and asked.get("file", 0) == 0, asked
+
+
 def test_random_reads_start_no_zip(make_emulator: Callable[..., Emulator],
                                    mount: Callable[..., Mount], archive: Archive) -> None:
     emu = make_emulator(archive)

@@ -15,6 +15,7 @@ from tests.integration.test_materialize_zip import assert_exact, materialize
 from xnat_emulator import Emulator, EmulatorConfig, SyntheticSpec, synthetic_archive
 from xnatfs.materialize import zipsplit
 from xnatfs.materialize.zipsplit import MAX_PARTS, Part, split
+from xnatfs.reader import zipstream
 
 DICOMS, SIZE = 60, 2000
 SPEC = SyntheticSpec(projects=1, subjects=1, sessions=1, scans=2, dicoms=DICOMS,
@@ -38,7 +39,7 @@ def emu(server, monkeypatch):
     monkeypatch.setenv("XNAT_USER", "alice")
     monkeypatch.setenv("XNAT_PASS", "secret")
     monkeypatch.setattr(zipsplit, "PART_MIN_BYTES", 4096)  # parts of these small scans
-    monkeypatch.setattr(zipsplit, "NEAR", 0.0)  # loopback as if over a WAN: split
+    monkeypatch.setattr(zipstream, "NEAR", 0.0)  # loopback as if over a WAN: split
     yield server
     server.config = EmulatorConfig()
 
@@ -68,7 +69,7 @@ def test_a_big_resource_comes_as_pattern_zips_and_every_file_once(emu, capsys, t
 
 
 def test_a_near_server_gets_one_zip_per_resource(emu, capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(zipsplit, "NEAR", float("inf"))  # every exchange counts as near
+    monkeypatch.setattr(zipstream, "NEAR", float("inf"))  # every exchange counts as near
     assert materialize(capsys, emu, tmp_path)["downloaded"] == SPEC.scans * DICOMS
     assert [z.path.endswith("/files") for z in zips(emu)] == [True] * SPEC.scans
     assert gets(emu) == []

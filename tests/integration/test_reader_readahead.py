@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from xnat_emulator import Archive, Emulator, File, SyntheticSpec, synthetic_archive
+from xnatfs.reader import zipstream
 from xnatfs.reader.chunkcache import ChunkCache
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.handle import FileHandle
@@ -199,14 +200,36 @@ def test_a_folder_whose_files_are_cached_starts_no_zip(emu: Emulator, fetcher: F
     cold = FolderAhead(fetcher)
     cold.opened(folder, entries, files[0])
     cold.opened(folder, entries, files[1])
-    assert cold._folders[folder].zip is not None  # walked in order, nothing cached: a zip
-    cold.close()
+    zipper = cold._folders[folder].zip
+    assert zipper is not None  # walked in order, nothing cached: a zip
+    zipper.thread.join(timeout=10)  # done (12 small files) before the emulator goes
     for f in files:
         fetcher.chunk(f, 0)
     warm = FolderAhead(fetcher)  # as after a remount over the same cache
     for f in files[:4]:
         warm.opened(folder, entries, f)
     assert warm._folders[folder].zip is None
+
+
+def test_a_far_server_zips_only_big_folders(emu: Emulator, fetcher: Fetcher,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = Tree(fetcher.client)
+    folder = next(p for p, _ in tree.walk("/") if p.endswith("0001.dcm")).rsplit("/", 1)[0]
+    entries = tree.listdir(folder)
+    files = [node.file for node in entries.values() if node.file is not None]
+    monkeypatch.setattr(zipstream, "NEAR", 0.0)  # loopback as if over a WAN
+    far = FolderAhead(fetcher, files_ahead=4)
+    for f in files[:3]:
+        far.opened(folder, entries, f)
+    assert far._folders[folder].zip is None  # 12 files: parallel GETs fill a long link
+    fetcher.pool.submit(lambda: None).result()
+    monkeypatch.setattr(zipstream, "FAR_FILES", len(files))
+    big = FolderAhead(fetcher)
+    for f in files[:2]:
+        big.opened(folder, entries, f)
+    zipper = big._folders[folder].zip
+    assert zipper is not None  # a catalog big enough: a zip after all
+    zipper.thread.join(timeout=10)
 
 
 def test_a_cold_reader_keeps_pace_with_its_md5_and_never_reads_the_disk_back(

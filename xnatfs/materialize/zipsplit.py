@@ -6,8 +6,8 @@ at once. A resource of 6,000 files as one zip over the WAN profile (100 Mbit/s a
 400 in all) took 4.24x the link limit. XNAT zips the files of one resource that a pattern
 names (``files/{prefix}*?format=zip``, ``FileList.handleMultipleCatalogs``, docs/xnat-api.md
 §7) at the cost of one catalog parse, as a whole zip, so a big resource comes as a few such
-zips in parallel. Near the server (``NEAR``) one stream is not held back, and a resource is one
-zip.
+zips in parallel. Near the server (``zipstream.near``) one stream is not held back, and a
+resource is one zip.
 
 On the server the pattern is a Java regex (its last ``*`` made ``.*``) that an entry's URI
 must match whole, so what a prefix selects is computed here with the same regex over the
@@ -28,6 +28,8 @@ import string
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
+from xnatfs.reader.zipstream import near
+
 ZIP_PARTS = 4
 """Zips of one resource at once, at most: enough to fill a WAN link that holds each stream to
 a quarter of it (the benchmarks' profile), few enough that a resource's catalog is parsed a
@@ -37,11 +39,6 @@ PART_MIN_BYTES = 16 << 20
 much as a GET, and a small zip is over before a second connection would help."""
 MAX_PARTS = 16
 """Parts of one resource, at most, however its names fall."""
-NEAR = 0.005
-"""Seconds: a server that has answered an exchange this fast is near, and one stream per
-resource is not held back by the round trip; there the CPU is the limit, and more streams
-only make threads fight over it (6,000 files on loopback, ``bench_zip.py``: one zip 2.7 s,
-six at once 3.6 s and 1.8x the CPU). The WAN profile's round trip is 20 ms."""
 
 _SAFE = frozenset(string.ascii_letters + string.digits + "_-/.")
 
@@ -64,7 +61,7 @@ class _Node:
 def parts_for(round_trip: float, jobs: int) -> int:
     """How many zips a big resource is split into, for a server ``round_trip`` seconds
     away (the quickest exchange so far) and a run of ``jobs`` connections."""
-    return 1 if round_trip < NEAR else min(ZIP_PARTS, jobs)
+    return 1 if near(round_trip) else min(ZIP_PARTS, jobs)
 
 
 def split(listed: Collection[str], todo: Mapping[str, int], parts: int = ZIP_PARTS

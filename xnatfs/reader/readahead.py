@@ -25,7 +25,7 @@ from cachetools import LRUCache
 from xnatfs.reader.fetcher import Fetcher
 from xnatfs.reader.policy import FIRST_WINDOW, MAX_WINDOW, STREAMS, TOLERANCE, Window
 from xnatfs.reader.zipahead import ZipAhead, resource_of
-from xnatfs.reader.zipstream import ZIP_TRIES, zip_worth
+from xnatfs.reader.zipstream import ZIP_TRIES, ahead_worth, zip_worth
 from xnatfs.tree.model import Children, RemoteFile
 
 FILES_AHEAD = 32  # files of a folder fetched ahead of one that is read file after file
@@ -140,6 +140,8 @@ class FolderAhead:
         if not self.zips or resource is None or resource in self._broken or \
                 not zip_worth(ahead, len(state.files)) or position < state.cached_until:
             return False
+        if not ahead_worth(len(state.files), self.fetcher.client.round_trip):
+            return False  # parallel GETs fill a long link; one zip would not
         if self._cached(state, position):
             state.cached_until = position + RECHECK
             return False

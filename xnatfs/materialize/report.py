@@ -24,8 +24,9 @@ from tqdm import tqdm
 from xnatfs.cli.units import human_size
 
 PROGRESS_INTERVAL = 10.0
-BAR_INTERVAL = 0.25  # seconds between redraws of the bar at a terminal
 """Seconds between progress lines when stderr is not a terminal."""
+BAR_INTERVAL = 0.25
+"""Seconds between redraws of the bar at a terminal, and between makings of its text."""
 
 
 class Outcome(StrEnum):

@@ -226,10 +226,9 @@ class Http:
                              "Accept-Encoding": "identity"}
         self.quickest = float("inf")  # seconds, the quickest exchange so far (``round_trip``)
 
-    def _timed(self, began: float) -> None:
+    def _timed(self, took: float) -> None:
         """Note an exchange's time to its headers. Two threads may race here and one lose
         its value: a minimum over many exchanges does not miss one."""
-        took = time.perf_counter() - began
         if took < self.quickest:
             self.quickest = took
 
@@ -258,13 +257,12 @@ class Http:
         mapped to our errors. A lost session raises ``SessionLost`` unless ``login``."""
         what = unquote(path)
         read = min(timeout[1], attempts.left())
-        began = time.perf_counter()
         try:
             resp = self.session.request(method, self.url(path),
                                         timeout=(min(timeout[0], read), read), **kw)  # type: ignore[arg-type]
         except (requests.RequestException, OSError) as exc:
             raise self.failure(exc, what, read) from None
-        self._timed(began)
+        self._timed(resp.elapsed.total_seconds())  # requests' own: sent to headers parsed
         try:
             check_status(resp.status_code, what, resp.headers, attempts, login=login)
             if not login and login_page(resp.status_code, resp.headers.get("Content-Type", ""),
@@ -295,7 +293,7 @@ class Http:
                 timeout=urllib3.Timeout(connect=min(timeout[0], read), read=read))
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self.failure(exc, what, read) from None
-        self._timed(began)
+        self._timed(time.perf_counter() - began)  # the body is left on the socket
         head = b""
 
         def peek() -> bytes:
